@@ -1,0 +1,3 @@
+"""HaloTrack: a consent-aware server-side attribution reverse proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Ad-platform forwarders: conversions in, HTTP requests out, responses classified."""

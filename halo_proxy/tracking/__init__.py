@@ -1,0 +1,1 @@
+"""Pure tracking logic: request facts in, decisions out. No I/O."""
