@@ -1,0 +1,473 @@
+"""Key material and the primitives built on it: visitor cookies, IP hashes, PII encryption, blind indexes
+and webhook signatures.
+
+Every key is derived from the one master secret (`HALO_SECRET_KEY`) with HKDF-SHA256, per tenant and per
+purpose, under labels of the form ``halo|v1|<tenant>|<purpose>``. The labels are part of the storage format:
+changing one makes every stored ciphertext, blind index and visitor cookie of that purpose unreadable.
+
+Formats
+-------
+Visitor cookie value (44 characters of unpadded URL-safe base64, cookie-safe without quoting)::
+
+    0x01 (format) || session id (16 bytes) || HMAC-SHA256(cookie key, first 17 bytes)[:16]
+
+Encrypted field (``bytea``)::
+
+    key version (1 byte, 1..255) || nonce (12 random bytes) || AES-256-GCM ciphertext || tag (16 bytes)
+
+    associated data = "halo|v1|<tenant>|<table>|<column>|<key version>"
+
+Imports only the standard library and ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+import uuid
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "BLIND_INDEX_KINDS",
+    "BLIND_INDEX_BYTES",
+    "COOKIE_TAG_BYTES",
+    "MAX_KEY_VERSION",
+    "MIN_MASTER_SECRET_BYTES",
+    "CryptoError",
+    "KeyRing",
+    "SignatureError",
+    "blob_version",
+    "derive_key",
+    "generate_master_secret",
+    "new_session_id",
+    "parse_master_secret",
+    "sign_shopify",
+    "sign_webhook",
+    "verify_shopify",
+    "verify_stripe",
+    "verify_webhook",
+]
+
+MIN_MASTER_SECRET_BYTES = 32
+MAX_KEY_VERSION = 255
+BLIND_INDEX_KINDS: frozenset[str] = frozenset({"email", "phone"})
+BLIND_INDEX_BYTES = 16
+COOKIE_TAG_BYTES = 16
+WEBHOOK_TOLERANCE_S = 300
+
+_COOKIE_FORMAT = 1
+_COOKIE_RAW_BYTES = 1 + 16 + COOKIE_TAG_BYTES  # 33 bytes: a multiple of 3, so base64 needs no padding
+_COOKIE_CHARS = _COOKIE_RAW_BYTES * 4 // 3  # 44
+_COOKIE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_COOKIE_CHARS}}}")
+_URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+
+_NONCE_BYTES = 12
+_GCM_TAG_BYTES = 16
+
+_TENANT_RE = re.compile(r"[a-z0-9_-]{1,64}")
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
+_B64_RE = re.compile(r"[A-Za-z0-9+/_-]+")
+
+_SIG_T_RE = re.compile(r"[0-9]{1,12}")
+_SIG_V1_RE = re.compile(r"[0-9a-fA-F]{64}")
+_SIG_HEADER_MAX_CHARS = 4096
+_SIG_MAX_V1 = 16
+
+
+class CryptoError(Exception):
+    """Any failure of this module: bad master secret, bad blob, bad signature. Messages never hold secrets."""
+
+
+class SignatureError(CryptoError):
+    """A webhook signature was rejected. `reason` is one of missing | malformed | stale | mismatch."""
+
+    _DETAILS = {
+        "missing": "the signature header is missing",
+        "malformed": "the signature header is malformed",
+        "stale": "the signature timestamp is too far from the current time",
+        "mismatch": "the signature does not match the body",
+    }
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(self._DETAILS[reason])
+        self.reason = reason
+
+
+# --- master secret ------------------------------------------------------------------------------------
+
+
+def parse_master_secret(text: str) -> bytes:
+    """Decode the master secret from hex or base64 (standard or URL-safe, padded or not).
+
+    Text made only of an even number of hex digits is read as hex; anything else as base64. Surrounding
+    whitespace is ignored. Raises CryptoError when the text decodes to fewer than 32 bytes or is neither
+    encoding; the message never contains the text.
+    """
+    if not isinstance(text, str):
+        raise CryptoError("master secret must be text (hex or base64)")
+    text = text.strip()
+    if not text:
+        raise CryptoError("master secret is empty")
+    if len(text) % 2 == 0 and _HEX_RE.fullmatch(text):
+        raw = bytes.fromhex(text)
+    else:
+        unpadded = text.rstrip("=")
+        if not _B64_RE.fullmatch(unpadded) or len(unpadded) % 4 == 1 or len(text) - len(unpadded) > 2:
+            raise CryptoError("master secret is neither hex nor base64")
+        std = unpadded.encode("ascii").translate(_URLSAFE_TO_STD)
+        try:
+            raw = base64.b64decode(std + b"=" * (-len(std) % 4), validate=True)
+        except binascii.Error:
+            raise CryptoError("master secret is neither hex nor base64") from None
+    if len(raw) < MIN_MASTER_SECRET_BYTES:
+        raise CryptoError(
+            f"master secret decodes to {len(raw)} bytes; at least {MIN_MASTER_SECRET_BYTES} are required"
+        )
+    return raw
+
+
+def generate_master_secret() -> str:
+    """A fresh random 32-byte master secret as unpadded URL-safe base64 (what `parse_master_secret` reads)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+
+
+def derive_key(master: bytes, tenant: str, purpose: str) -> bytes:
+    """HKDF-SHA256 (no salt) of the master secret with info ``halo|v1|<tenant>|<purpose>``: 32 bytes.
+
+    Purposes used by KeyRing: ``cookie``, ``ip``, ``pii|<version>``, ``bidx|email``, ``bidx|phone``.
+    """
+    _check_tenant(tenant)
+    info = f"halo|v1|{tenant}|{purpose}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
+
+
+def _check_tenant(tenant: str) -> None:
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise CryptoError("tenant id must match [a-z0-9_-]{1,64}")
+
+
+def _check_name(what: str, name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise CryptoError(f"{what} name must match [a-z_][a-z0-9_]{{0,62}}")
+
+
+def new_session_id() -> uuid.UUID:
+    """A fresh random visitor session id (UUID version 4)."""
+    return uuid.uuid4()
+
+
+def blob_version(blob: bytes | bytearray | memoryview) -> int:
+    """The key version an encrypted field was written with (for the rotation job)."""
+    if len(blob) < 1 + _NONCE_BYTES + _GCM_TAG_BYTES:
+        raise CryptoError("encrypted value is too short")
+    return blob[0]
+
+
+# --- the key ring -------------------------------------------------------------------------------------
+
+
+class _TenantKeys:
+    """One tenant's derived keys. PII keys are derived on first use of each version."""
+
+    __slots__ = ("cookie_mac", "ip_mac", "blind_macs", "pii")
+
+    def __init__(self, master: bytes, tenant: str) -> None:
+        # Keyed HMAC objects are copied per call: cheaper than keying a new one each time.
+        self.cookie_mac = hmac.new(derive_key(master, tenant, "cookie"), digestmod=hashlib.sha256)
+        self.ip_mac = hmac.new(derive_key(master, tenant, "ip"), digestmod=hashlib.sha256)
+        self.blind_macs = {
+            kind: hmac.new(derive_key(master, tenant, f"bidx|{kind}"), digestmod=hashlib.sha256)
+            for kind in sorted(BLIND_INDEX_KINDS)
+        }
+        self.pii: dict[int, AESGCM] = {}
+
+
+class KeyRing:
+    """All per-tenant keys derived from one master secret, cached per tenant.
+
+    `current_version` is the PII key version new ciphertexts are written with; every version from 1 up to
+    it can be read. Rotating keys means constructing the ring with a higher version and re-encrypting
+    (`reencrypt`) rows whose `blob_version` is older.
+    """
+
+    __slots__ = ("_master", "_current_version", "_tenants")
+
+    def __init__(self, master: bytes | str, current_version: int = 1) -> None:
+        if isinstance(master, str):
+            master = parse_master_secret(master)
+        if not isinstance(master, bytes | bytearray) or len(master) < MIN_MASTER_SECRET_BYTES:
+            raise CryptoError(f"master secret must be at least {MIN_MASTER_SECRET_BYTES} bytes")
+        if (
+            not isinstance(current_version, int)
+            or isinstance(current_version, bool)
+            or not 1 <= current_version <= MAX_KEY_VERSION
+        ):
+            raise CryptoError(f"key version must be an integer from 1 to {MAX_KEY_VERSION}")
+        self._master = bytes(master)
+        self._current_version = current_version
+        self._tenants: dict[str, _TenantKeys] = {}
+
+    def __repr__(self) -> str:
+        return f"KeyRing(current_version={self._current_version})"
+
+    @property
+    def current_version(self) -> int:
+        return self._current_version
+
+    def _keys(self, tenant: str) -> _TenantKeys:
+        keys = self._tenants.get(tenant)
+        if keys is None:
+            keys = self._tenants[tenant] = _TenantKeys(self._master, tenant)
+        return keys
+
+    def _aead(self, tenant: str, version: int) -> AESGCM:
+        keys = self._keys(tenant)
+        aead = keys.pii.get(version)
+        if aead is None:
+            aead = keys.pii[version] = AESGCM(derive_key(self._master, tenant, f"pii|{version}"))
+        return aead
+
+    # --- visitor cookie ---------------------------------------------------------------------------
+
+    new_session_id = staticmethod(new_session_id)
+
+    def seal_session(self, tenant: str, session_id: uuid.UUID) -> str:
+        """The cookie value for a session: opaque, tamper-evident, bound to the tenant."""
+        if not isinstance(session_id, uuid.UUID):
+            raise CryptoError("session id must be a UUID")
+        head = bytes((_COOKIE_FORMAT,)) + session_id.bytes
+        mac = self._keys(tenant).cookie_mac.copy()
+        mac.update(head)
+        return base64.urlsafe_b64encode(head + mac.digest()[:COOKIE_TAG_BYTES]).decode("ascii")
+
+    def open_session(self, tenant: str, value: object) -> uuid.UUID | None:
+        """The session id sealed in a cookie value, or None when the value is not one of ours for this tenant.
+
+        Never raises on any `value` (forged, truncated, another tenant's, garbage, not even a string);
+        `tenant` is trusted configuration and an invalid tenant id raises CryptoError like everywhere else.
+        """
+        if type(value) is not str or len(value) != _COOKIE_CHARS or not _COOKIE_RE.fullmatch(value):
+            return None
+        # The regex admits only the URL-safe alphabet and the length leaves no spare bits, so each value
+        # decodes to exactly one byte string and each byte string has exactly one accepted encoding.
+        raw = binascii.a2b_base64(value.encode("ascii").translate(_URLSAFE_TO_STD))
+        if raw[0] != _COOKIE_FORMAT:
+            return None
+        mac = self._keys(tenant).cookie_mac.copy()
+        mac.update(raw[:17])
+        if not hmac.compare_digest(mac.digest()[:COOKIE_TAG_BYTES], raw[17:]):
+            return None
+        return uuid.UUID(bytes=raw[1:17])
+
+    # --- IP addresses -----------------------------------------------------------------------------
+
+    def hash_ip(self, tenant: str, ip: str) -> bytes:
+        """HMAC-SHA256 (32 bytes) of the canonical form of an IP address.
+
+        IPv4-mapped IPv6 addresses hash like the IPv4 address they carry. Raises CryptoError when `ip` is
+        not an address (the message does not repeat it).
+        """
+        if not isinstance(ip, str):
+            raise CryptoError("IP address must be text")
+        try:
+            addr = ipaddress.ip_address(ip.strip())
+        except ValueError:
+            raise CryptoError("not an IP address") from None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        mac = self._keys(tenant).ip_mac.copy()
+        mac.update(str(addr).encode("ascii"))
+        return mac.digest()
+
+    # --- field encryption -------------------------------------------------------------------------
+
+    @staticmethod
+    def _aad(tenant: str, table: str, column: str, version: int) -> bytes:
+        return f"halo|v1|{tenant}|{table}|{column}|{version}".encode()
+
+    def encrypt(
+        self, tenant: str, table: str, column: str, plaintext: str, key_version: int | None = None
+    ) -> bytes:
+        """AES-256-GCM encryption of one field value, bound to tenant, table, column and key version."""
+        if not isinstance(plaintext, str):
+            raise CryptoError("only text can be encrypted")
+        version = self._current_version if key_version is None else key_version
+        if not isinstance(version, int) or not 1 <= version <= self._current_version:
+            raise CryptoError(f"key version must be from 1 to {self._current_version}")
+        _check_name("table", table)
+        _check_name("column", column)
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        sealed = self._aead(tenant, version).encrypt(
+            nonce, plaintext.encode("utf-8"), self._aad(tenant, table, column, version)
+        )
+        return bytes((version,)) + nonce + sealed
+
+    def decrypt(self, tenant: str, table: str, column: str, blob: bytes | bytearray | memoryview) -> str:
+        """The plaintext of `encrypt`. Raises CryptoError for a tampered blob, a blob written for another
+        tenant, table or column, or a key version this ring does not know."""
+        version = blob_version(blob)
+        if not 1 <= version <= self._current_version:
+            raise CryptoError(f"unknown key version {version}")
+        _check_name("table", table)
+        _check_name("column", column)
+        blob = bytes(blob)
+        try:
+            data = self._aead(tenant, version).decrypt(
+                blob[1 : 1 + _NONCE_BYTES],
+                blob[1 + _NONCE_BYTES :],
+                self._aad(tenant, table, column, version),
+            )
+        except InvalidTag:
+            raise CryptoError("encrypted value failed authentication") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CryptoError("encrypted value is not UTF-8 text") from None
+
+    def reencrypt(self, tenant: str, table: str, column: str, blob: bytes | bytearray | memoryview) -> bytes:
+        """The blob under the current key version: the same bytes when it already is, a new blob otherwise."""
+        if blob_version(blob) == self._current_version:
+            self.decrypt(tenant, table, column, blob)  # still prove it belongs here
+            return bytes(blob)
+        return self.encrypt(tenant, table, column, self.decrypt(tenant, table, column, blob))
+
+    # --- blind indexes ----------------------------------------------------------------------------
+
+    def blind_index(self, tenant: str, kind: str, normalised_value: str) -> bytes:
+        """Keyed HMAC-SHA256 of an already normalised value, truncated to 16 bytes, with one key per kind.
+
+        `kind` is ``email`` or ``phone``; normalise first (tracking.identity), this function does not.
+        """
+        keys = self._keys(tenant)
+        base = keys.blind_macs.get(kind)
+        if base is None:
+            raise CryptoError(f"unknown blind index kind; expected one of {sorted(BLIND_INDEX_KINDS)}")
+        if not isinstance(normalised_value, str):
+            raise CryptoError("blind index value must be text")
+        mac = base.copy()
+        mac.update(normalised_value.encode("utf-8"))
+        return mac.digest()[:BLIND_INDEX_BYTES]
+
+
+# --- webhook signatures -------------------------------------------------------------------------------
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if not isinstance(secret, bytes | bytearray) or not secret:
+        raise CryptoError("webhook secret is empty")
+    return bytes(secret)
+
+
+def _timestamped_mac(secret: bytes, t: str, body: bytes | bytearray | memoryview) -> bytes:
+    # The timestamp is signed exactly as it appears in the header.
+    mac = hmac.new(secret, t.encode("ascii") + b".", hashlib.sha256)
+    mac.update(body)
+    return mac.digest()
+
+
+def sign_webhook(secret: str | bytes, t: int, body: bytes) -> str:
+    """The ``X-Halo-Signature`` header value: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
+
+    Stripe's ``Stripe-Signature`` uses the same scheme, so this also signs test payloads for `verify_stripe`.
+    """
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise CryptoError("signature timestamp must be a non-negative integer")
+    return f"t={t},v1={_timestamped_mac(_secret_bytes(secret), str(t), body).hex()}"
+
+
+def _parse_timestamped(header: str | None) -> tuple[str, list[bytes]]:
+    if header is None or not isinstance(header, str) or not header.strip():
+        raise SignatureError("missing")
+    if len(header) > _SIG_HEADER_MAX_CHARS:
+        raise SignatureError("malformed")
+    t: str | None = None
+    candidates: list[bytes] = []
+    for item in header.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            raise SignatureError("malformed")
+        if key == "t":
+            if t is not None or not _SIG_T_RE.fullmatch(value):
+                raise SignatureError("malformed")
+            t = value
+        elif key == "v1":
+            if not _SIG_V1_RE.fullmatch(value):
+                raise SignatureError("malformed")
+            candidates.append(bytes.fromhex(value))
+        # Other schemes (Stripe sends a v0 test signature) are ignored.
+    if t is None or not candidates or len(candidates) > _SIG_MAX_V1:
+        raise SignatureError("malformed")
+    return t, candidates
+
+
+def verify_webhook(
+    secret: str | bytes,
+    header: str | None,
+    body: bytes | bytearray | memoryview,
+    now: float,
+    tolerance: float = WEBHOOK_TOLERANCE_S,
+) -> None:
+    """Check a ``t=<unix>,v1=<hex>[,v1=<hex>...]`` signature over the raw body; any v1 may match.
+
+    The timestamp must be within `tolerance` seconds of `now`, in the past or the future. Raises
+    SignatureError with reason missing | malformed | mismatch | stale (checked in that order, so `stale`
+    is only reported for an authentic but old or early message).
+    """
+    key = _secret_bytes(secret)
+    t, candidates = _parse_timestamped(header)
+    expected = _timestamped_mac(key, t, body)
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise SignatureError("mismatch")
+    if abs(now - int(t)) > tolerance:
+        raise SignatureError("stale")
+
+
+def verify_stripe(
+    secret: str | bytes,
+    header: str | None,
+    body: bytes | bytearray | memoryview,
+    now: float,
+    tolerance: float = WEBHOOK_TOLERANCE_S,
+) -> None:
+    """Check a ``Stripe-Signature`` header (``t=..,v1=..[,v1=..]``; v0 entries ignored). The secret is the
+    endpoint's ``whsec_...`` string as is. Future timestamps are bounded by the same tolerance."""
+    verify_webhook(secret, header, body, now, tolerance)
+
+
+def sign_shopify(secret: str | bytes, body: bytes) -> str:
+    """The ``X-Shopify-Hmac-Sha256`` value: base64 of HMAC-SHA256(secret, raw body)."""
+    return base64.b64encode(hmac.new(_secret_bytes(secret), body, hashlib.sha256).digest()).decode("ascii")
+
+
+def verify_shopify(secret: str | bytes, header: str | None, body: bytes | bytearray | memoryview) -> None:
+    """Check an ``X-Shopify-Hmac-Sha256`` header. Shopify signs no timestamp: deduplicate on the webhook id."""
+    key = _secret_bytes(secret)
+    if header is None or not isinstance(header, str) or not header.strip():
+        raise SignatureError("missing")
+    header = header.strip()
+    if len(header) != 44:
+        raise SignatureError("malformed")
+    try:
+        given = base64.b64decode(header, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("malformed") from None
+    if len(given) != 32:
+        raise SignatureError("malformed")
+    if not hmac.compare_digest(hmac.new(key, bytes(body), hashlib.sha256).digest(), given):
+        raise SignatureError("mismatch")
