@@ -1,0 +1,209 @@
+"""The composition root: shared objects under typed keys, one cleanup context per resource, the routes.
+
+Request flow on a tenant host:
+  1. routes under the reserved prefix are answered here and never forwarded;
+  2. everything else goes to `handle_proxied`: host -> tenant (unknown host: 421), client IP, proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from . import config as config_mod
+from .config import ConfigError, Settings, Tenant
+from .metrics import UNKNOWN_TENANT, Metrics
+from .proxy import Proxy, error_page
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConfigHolder:
+    """The live settings. A reload swaps `current` in one assignment; requests read it once each."""
+
+    current: Settings
+    reloads: int = 0
+    last_errors: list[str] = field(default_factory=list)
+
+
+CONFIG = web.AppKey("config", ConfigHolder)
+METRICS = web.AppKey("metrics", Metrics)
+CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def json_response(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json",
+                        headers=headers)
+
+
+def json_error(status: int, code: str, detail: str, field_name: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    payload = {"error": code, "detail": detail}
+    if field_name:
+        payload["field"] = field_name
+    return json_response(status, payload, headers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Client IP and X-Forwarded-For.
+
+
+def _strip_port(value: str) -> str:
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end != -1 else value
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
+def _trusted(ip: str, networks: tuple) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def client_address(peer: str | None, xff: str | None, trusted: tuple) -> tuple[str | None, str | None]:
+    """(client IP, X-Forwarded-For to send upstream).
+
+    The peer's X-Forwarded-For is believed only when the peer is a trusted proxy; then the chain is walked
+    from the right past trusted hops and the peer is appended. Otherwise the header is replaced by the peer.
+    """
+    if peer is None:
+        return None, None
+    if not trusted or not xff or not _trusted(peer, trusted):
+        return peer, peer
+    hops = [_strip_port(h) for h in xff.split(",") if h.strip()]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        client = hop
+        if not _trusted(hop, trusted):
+            break
+    return client, f"{xff}, {peer}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Handlers.
+
+
+async def handle_proxied(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    metrics = app[METRICS]
+    settings = app[CONFIG].current
+    started = time.perf_counter()
+    tenant = settings.tenant_for_host(request.host)
+    if tenant is None:
+        metrics.count_request(UNKNOWN_TENANT, 421, time.perf_counter() - started)
+        return error_page(421, "Misdirected Request", "This host is not served here.")
+    metrics.in_flight.inc()
+    try:
+        client_ip, forwarded_for = client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), settings.server.trusted_proxies)
+        response = await app[PROXY].forward(request, tenant, client_ip, forwarded_for)
+    finally:
+        metrics.in_flight.dec()
+    metrics.count_request(tenant.id, response.status, time.perf_counter() - started)
+    return response
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return json_response(200, {"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    return json_response(200, {"status": "ready"})
+
+
+async def handle_reserved_unknown(request: web.Request) -> web.Response:
+    if request.app[CONFIG].current.tenant_for_host(request.host) is None:
+        return json_error(421, "misdirected", "This host is not served here.")
+    return json_error(404, "not_found", f"No route {request.method} {request.path}.")
+
+
+def tenant_or_421(request: web.Request) -> Tenant | web.Response:
+    tenant = request.app[CONFIG].current.tenant_for_host(request.host)
+    if tenant is None:
+        return json_error(421, "misdirected", "This host is not served here.")
+    return tenant
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resources.
+
+
+async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled client session per process: keep-alive to upstreams, no shared cookie jar, bodies as sent."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30,
+                                     enable_cleanup_closed=False)
+    session = aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None), read_bufsize=64 * 1024,
+    )
+    app[CLIENT] = session
+    app[PROXY] = Proxy(session, app[METRICS])
+    yield
+    await session.close()
+
+
+def reload_config(app: web.Application, path: str | None = None) -> bool:
+    """Reload the tenant file; an invalid file keeps the old settings and logs every error."""
+    holder = app[CONFIG]
+    metrics = app[METRICS]
+    source = path or holder.current.path
+    try:
+        new = config_mod.load(source)
+    except ConfigError as err:
+        holder.last_errors = err.errors
+        metrics.config_reloads.labels(outcome="error").inc()
+        log.error("config reload failed, keeping the previous config:\n%s", "\n".join(err.errors))
+        return False
+    if new.server.reserved_prefix != holder.current.server.reserved_prefix:
+        log.warning("server.reserved_prefix changed; the new prefix takes effect after a restart")
+    holder.current = new
+    holder.reloads += 1
+    holder.last_errors = []
+    metrics.config_reloads.labels(outcome="ok").inc()
+    log.info("config reloaded: %s", new.summary())
+    return True
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(handler_args={"max_field_size": 16 * 1024}, client_max_size=1024**2)
+    app[CONFIG] = ConfigHolder(settings)
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    app.cleanup_ctx.append(client_session_ctx)
+
+    prefix = settings.server.reserved_prefix
+    # Reserved routes first: they are matched before the catch-all and never reach the proxy.
+    app.router.add_get(f"{prefix}/healthz", handle_healthz, allow_head=True)
+    app.router.add_get(f"{prefix}/readyz", handle_readyz, allow_head=True)
+    app.router.add_route("*", prefix + "{tail:(/.*)?}", handle_reserved_unknown)
+    app.router.add_route("*", "/{tail:.*}", handle_proxied)
+    return app
+
+
+def create_metrics_app(metrics: Metrics) -> web.Application:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle_metrics)
+    return app

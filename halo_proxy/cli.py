@@ -1,0 +1,66 @@
+"""`halo-proxy`: parse argv, load config, build the app, run. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="halo-proxy", description="HaloTrack attribution reverse proxy.")
+    parser.add_argument("--version", action="version", version=f"halo-proxy {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", required=True, help="tenant YAML file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--metrics-port", type=int, default=9102, help="Prometheus /metrics port (0 disables)")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+
+    check = sub.add_parser("check-config", help="validate the tenant YAML")
+    check.add_argument("--config", required=True)
+
+    demo = sub.add_parser("demo", help="embedded database, a demo site and the proxy in front of it")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--site-port", type=int, default=9001)
+    demo.add_argument("--metrics-port", type=int, default=9102)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check-config":
+        from .config import ConfigError, load
+
+        try:
+            settings = load(args.config)
+        except ConfigError as err:
+            for line in err.errors:
+                print(line, file=sys.stderr)
+            return 2
+        print(settings.summary())
+        return 0
+    if args.command == "serve":
+        from .server import serve
+
+        if args.workers < 1:
+            print("halo-proxy: --workers must be at least 1", file=sys.stderr)
+            return 2
+        return serve(args.config, args.host, args.port, args.metrics_port, args.workers)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.host, args.port, args.site_port, args.metrics_port)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

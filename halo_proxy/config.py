@@ -1,0 +1,592 @@
+"""Tenant YAML -> validated, frozen settings.
+
+This module is the only home of defaults. Every error names the file, the tenant and the field, as
+`PATH:tenant[ID].field: message`, so an operator can fix a whole file in one pass. `${VAR}` in string values
+is read from the environment passed in (never at import time); a missing variable is an error naming it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+TENANT_ID_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+HOST_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+REGION_RE = re.compile(r"^[A-Z]{2}$")
+SCOPES = frozenset({"report", "privacy"})
+
+
+class ConfigError(Exception):
+    """The tenant file is invalid. `errors` holds every problem, each already formatted for an operator."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings types. Defaults live here and nowhere else.
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    read_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CookieSettings:
+    name: str = "_halo"
+    max_age_days: int = 365
+    domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentSettings:
+    unknown: str = "granted"  # granted | denied
+    onetrust_analytics_groups: tuple[str, ...] = ("C0002",)
+    onetrust_marketing_groups: tuple[str, ...] = ("C0004",)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MetaSettings:
+    pixel_id: str
+    access_token: str
+    base_url: str = "https://graph.facebook.com"
+    api_version: str = "v26.0"
+    test_event_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ga4Settings:
+    measurement_id: str
+    api_secret: str
+    base_url: str = "https://www.google-analytics.com"
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleAdsSettings:
+    account_id: str
+    conversion_action_id: str
+    access_token: str
+    base_url: str = "https://datamanager.googleapis.com"
+    login_account_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TikTokSettings:
+    pixel_code: str
+    access_token: str
+    base_url: str = "https://business-api.tiktok.com"
+    test_event_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarders:
+    meta: MetaSettings | None = None
+    ga4: Ga4Settings | None = None
+    google_ads: GoogleAdsSettings | None = None
+    tiktok: TikTokSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    per_second: float = 5.0
+    burst: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    sessions: int = 395
+    anon_events: int = 90
+    forwards: int = 90
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    hosts: tuple[str, ...]
+    upstream: str
+    currency: str = "EUR"
+    default_phone_region: str | None = None
+    cookie: CookieSettings = field(default_factory=CookieSettings)
+    consent: ConsentSettings = field(default_factory=ConsentSettings)
+    webhook_secret: str | None = None
+    api_keys: tuple[ApiKey, ...] = ()
+    forwarders: Forwarders = field(default_factory=Forwarders)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    upstream_host: str = "original"  # original | upstream
+    timezone: str = "UTC"
+    lookback_days: int = 90
+    shopify_secret: str | None = None
+    stripe_secret: str | None = None
+    external_origins: tuple[str, ...] = ()
+    inject_script: bool = True
+    retention: Retention = field(default_factory=Retention)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    max_body_bytes: int = 64 * 1024
+
+    @property
+    def upstream_origin(self) -> str:
+        return self.upstream.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    reserved_prefix: str = "/_halo"
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A whole validated tenant file. Immutable: a reload builds a new one and swaps it in."""
+
+    path: str
+    server: ServerSettings
+    tenants: tuple[Tenant, ...]
+    _exact: Mapping[str, Tenant] = field(repr=False, compare=False, default_factory=lambda: MappingProxyType({}))
+    _wildcards: tuple[tuple[str, Tenant], ...] = field(repr=False, compare=False, default=())
+
+    def tenant_for_host(self, host: str | None) -> Tenant | None:
+        """The tenant serving a Host header value (port ignored, case-insensitive), or None."""
+        if not host:
+            return None
+        name = host.lower()
+        if name.startswith("["):  # IPv6 literal, never a tenant host
+            return None
+        colon = name.rfind(":")
+        if colon != -1:
+            name = name[:colon]
+        if name.endswith("."):
+            name = name[:-1]
+        tenant = self._exact.get(name)
+        if tenant is not None:
+            return tenant
+        for suffix, candidate in self._wildcards:
+            if name.endswith(suffix):
+                return candidate
+        return None
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        for tenant in self.tenants:
+            if tenant.id == tenant_id:
+                return tenant
+        return None
+
+    def summary(self) -> str:
+        hosts = sum(len(t.hosts) for t in self.tenants)
+        return f"{self.path}: ok, {len(self.tenants)} tenant(s), {hosts} host(s), reserved prefix {self.server.reserved_prefix}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation machinery: a field reader that collects errors instead of stopping at the first.
+
+
+class _Missing:
+    """A value whose ${VAR} was not set: already reported, so no further checks run on it."""
+
+
+_MISSING = _Missing()
+
+
+class _Reader:
+    def __init__(self, path: str, env: Mapping[str, str]):
+        self.path = path
+        self.env = env
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{self.path}:{where}: {message}")
+
+    def expand(self, where: str, value: Any) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        missing = [name for name in ENV_RE.findall(value) if name not in self.env]
+        if missing:
+            for name in missing:
+                self.error(where, f"environment variable {name} is not set")
+            return _MISSING
+        return ENV_RE.sub(lambda match: self.env[match.group(1)], value)
+
+    def section(self, where: str, raw: Any, known: set[str]) -> dict[str, Any] | None:
+        """A mapping with only known keys (unknown keys are errors), values with ${VAR} expanded."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.error(where, f"must be a mapping, got {_kind(raw)}")
+            return None
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str) or key not in known:
+                hint = _closest(str(key), known)
+                self.error(f"{where}.{key}", "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                continue
+            out[key] = self.expand(f"{where}.{key}", value)
+        return out
+
+    def get(
+        self,
+        where: str,
+        data: dict[str, Any],
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        *,
+        required: bool = False,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        if key not in data or data[key] is None:
+            if required:
+                self.error(f"{where}.{key}", "is required")
+            return default
+        value = data[key]
+        if value is _MISSING:
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if bool not in kinds and isinstance(value, bool):
+            self.error(f"{where}.{key}", f"must be {_names(kinds)}, got a boolean")
+            return default
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if str in kinds and isinstance(value, (int, float)) and not isinstance(value, bool) and len(kinds) == 1:
+            value = str(value)  # ids such as pixel_id: 123 are written unquoted
+        if not isinstance(value, kinds):
+            self.error(f"{where}.{key}", f"must be {_names(kinds)}, got {_kind(value)}")
+            return default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.error(f"{where}.{key}", problem)
+                return default
+        return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a mapping"}
+    return " or ".join(words.get(k, k.__name__) for k in kinds)
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+    return match[0] if match else None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _https_or_http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def _upstream_url(value: str) -> str | None:
+    problem = _https_or_http_url(value)
+    if problem:
+        return problem
+    parts = urlsplit(value)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "must be an origin (scheme, host and optional port) without a path or query"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+def _timezone(value: str) -> str | None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone '{value}'"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections.
+
+_TOP_KEYS = {"server", "tenants"}
+_SERVER_KEYS = {"reserved_prefix", "trusted_proxies"}
+_TENANT_KEYS = {
+    "id", "hosts", "upstream", "currency", "default_phone_region", "cookie", "consent", "webhook_secret",
+    "api_keys", "forwarders", "timeouts", "upstream_host", "timezone", "attribution", "shopify_secret",
+    "stripe_secret", "external_origins", "inject", "retention_days", "rate_limit", "max_body_kb",
+}
+
+
+def _server(r: _Reader, raw: Any) -> ServerSettings:
+    data = r.section("server", raw, _SERVER_KEYS)
+    if data is None:
+        return ServerSettings()
+    prefix = r.get("server", data, "reserved_prefix", str, "/_halo",
+                   check=lambda v: None if re.fullmatch(r"/[A-Za-z0-9_.~-]+", v)
+                   else "must be one path segment starting with '/', such as /_halo")
+    networks: list[IPNetwork] = []
+    proxies = r.get("server", data, "trusted_proxies", list, [])
+    for i, item in enumerate(proxies):
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            r.error(f"server.trusted_proxies[{i}]", f"'{item}' is not an IP address or CIDR")
+    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks))
+
+
+def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
+    label = f"tenant[{index}]"
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+        label = f"tenant[{raw['id']}]"
+    data = r.section(label, raw, _TENANT_KEYS)
+    if data is None:
+        return None
+    before = len(r.errors)
+    tid = r.get(label, data, "id", str, required=True,
+                check=lambda v: None if TENANT_ID_RE.match(v) else "must match [a-z0-9_-]{1,64}")
+    hosts_raw = r.get(label, data, "hosts", list, [], required=True)
+    hosts: list[str] = []
+    for i, host in enumerate(hosts_raw):
+        if not isinstance(host, str) or not HOST_RE.match(host.lower().rstrip(".")):
+            r.error(f"{label}.hosts[{i}]", f"'{host}' is not a host name or a '*.' wildcard host")
+        else:
+            hosts.append(host.lower().rstrip("."))
+    if "hosts" in data and not hosts_raw:
+        r.error(f"{label}.hosts", "must list at least one host")
+    upstream = r.get(label, data, "upstream", str, required=True, check=_upstream_url)
+    currency = r.get(label, data, "currency", str, "EUR",
+                     check=lambda v: None if CURRENCY_RE.match(v) else "must be an ISO 4217 code such as EUR")
+    region = r.get(label, data, "default_phone_region", str, None,
+                   check=lambda v: None if REGION_RE.match(v) else "must be an ISO 3166 alpha-2 code such as CZ")
+
+    cookie = CookieSettings()
+    cdata = r.section(f"{label}.cookie", data.get("cookie"), {"name", "max_age_days", "domain"})
+    if cdata:
+        w = f"{label}.cookie"
+        cookie = CookieSettings(
+            name=r.get(w, cdata, "name", str, "_halo",
+                       check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else "must be a cookie name"),
+            max_age_days=r.get(w, cdata, "max_age_days", int, 365,
+                               check=lambda v: None if 1 <= v <= 400 else "must be between 1 and 400"),
+            domain=r.get(w, cdata, "domain", str, None),
+        )
+
+    consent = ConsentSettings()
+    kdata = r.section(f"{label}.consent", data.get("consent"), {"unknown", "onetrust"})
+    if kdata:
+        w = f"{label}.consent"
+        unknown = r.get(w, kdata, "unknown", str, "granted",
+                        check=lambda v: None if v in ("granted", "denied") else "must be 'granted' or 'denied'")
+        ot = r.section(f"{w}.onetrust", kdata.get("onetrust"), {"analytics", "marketing"}) or {}
+        consent = ConsentSettings(
+            unknown=unknown,
+            onetrust_analytics_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "analytics", list, ["C0002"])),
+            onetrust_marketing_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "marketing", list, ["C0004"])),
+        )
+
+    api_keys: list[ApiKey] = []
+    for i, item in enumerate(r.get(label, data, "api_keys", list, [])):
+        w = f"{label}.api_keys[{i}]"
+        kd = r.section(w, item, {"name", "sha256", "scopes"})
+        if kd is None:
+            continue
+        scopes = r.get(w, kd, "scopes", list, [], required=True)
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad:
+            r.error(f"{w}.scopes", f"unknown scope(s) {bad}; known: {sorted(SCOPES)}")
+        api_keys.append(ApiKey(
+            name=r.get(w, kd, "name", str, f"key{i}", required=True),
+            sha256=r.get(w, kd, "sha256", str, "", required=True,
+                         check=lambda v: None if SHA256_RE.match(v.lower()) else "must be 64 hex characters").lower(),
+            scopes=frozenset(s for s in scopes if s in SCOPES),
+        ))
+
+    forwarders = _forwarders(r, f"{label}.forwarders", data.get("forwarders"))
+
+    timeouts = Timeouts()
+    tdata = r.section(f"{label}.timeouts", data.get("timeouts"), {"connect_s", "read_s"})
+    if tdata:
+        w = f"{label}.timeouts"
+        timeouts = Timeouts(connect_s=r.get(w, tdata, "connect_s", float, 5.0, check=_positive),
+                            read_s=r.get(w, tdata, "read_s", float, 30.0, check=_positive))
+
+    attribution = r.section(f"{label}.attribution", data.get("attribution"), {"lookback_days"}) or {}
+    lookback = r.get(f"{label}.attribution", attribution, "lookback_days", int, 90,
+                     check=lambda v: None if 1 <= v <= 730 else "must be between 1 and 730")
+
+    inject = r.section(f"{label}.inject", data.get("inject"), {"script"}) or {}
+    retention = Retention()
+    rdata = r.section(f"{label}.retention_days", data.get("retention_days"), {"sessions", "anon_events", "forwards"})
+    if rdata:
+        w = f"{label}.retention_days"
+        days = lambda v: None if 1 <= v <= 3650 else "must be between 1 and 3650"  # noqa: E731
+        retention = Retention(sessions=r.get(w, rdata, "sessions", int, 395, check=days),
+                              anon_events=r.get(w, rdata, "anon_events", int, 90, check=days),
+                              forwards=r.get(w, rdata, "forwards", int, 90, check=days))
+    rate = RateLimit()
+    rl = r.section(f"{label}.rate_limit", data.get("rate_limit"), {"per_second", "burst"})
+    if rl:
+        w = f"{label}.rate_limit"
+        rate = RateLimit(per_second=r.get(w, rl, "per_second", float, 5.0, check=_positive),
+                         burst=r.get(w, rl, "burst", int, 20, check=_positive))
+
+    origins = []
+    for i, origin in enumerate(r.get(label, data, "external_origins", list, [])):
+        if not isinstance(origin, str) or _https_or_http_url(origin):
+            r.error(f"{label}.external_origins[{i}]", f"'{origin}' must be an origin such as https://shop.example")
+        else:
+            origins.append(origin.rstrip("/").lower())
+
+    tenant = Tenant(
+        id=tid or "",
+        hosts=tuple(hosts),
+        upstream=upstream or "",
+        currency=currency,
+        default_phone_region=region,
+        cookie=cookie,
+        consent=consent,
+        webhook_secret=r.get(label, data, "webhook_secret", str, None,
+                             check=lambda v: None if len(v) >= 16 else "must be at least 16 characters"),
+        api_keys=tuple(api_keys),
+        forwarders=forwarders,
+        timeouts=timeouts,
+        upstream_host=r.get(label, data, "upstream_host", str, "original",
+                            check=lambda v: None if v in ("original", "upstream") else "must be 'original' or 'upstream'"),
+        timezone=r.get(label, data, "timezone", str, "UTC", check=_timezone),
+        lookback_days=lookback,
+        shopify_secret=r.get(label, data, "shopify_secret", str, None),
+        stripe_secret=r.get(label, data, "stripe_secret", str, None),
+        external_origins=tuple(origins),
+        inject_script=r.get(f"{label}.inject", inject, "script", bool, True),
+        retention=retention,
+        rate_limit=rate,
+        max_body_bytes=1024 * r.get(label, data, "max_body_kb", int, 64,
+                                    check=lambda v: None if 1 <= v <= 10240 else "must be between 1 and 10240"),
+    )
+    return tenant if len(r.errors) == before else None
+
+
+def _forwarders(r: _Reader, where: str, raw: Any) -> Forwarders:
+    data = r.section(where, raw, {"meta", "ga4", "google_ads", "tiktok"})
+    if not data:
+        return Forwarders()
+    out: dict[str, Any] = {}
+    specs: dict[str, tuple[type, dict[str, bool]]] = {
+        # name: (settings type, {field: required})
+        "meta": (MetaSettings, {"pixel_id": True, "access_token": True, "base_url": False, "api_version": False,
+                                "test_event_code": False}),
+        "ga4": (Ga4Settings, {"measurement_id": True, "api_secret": True, "base_url": False}),
+        "google_ads": (GoogleAdsSettings, {"account_id": True, "conversion_action_id": True, "access_token": True,
+                                           "base_url": False, "login_account_id": False}),
+        "tiktok": (TikTokSettings, {"pixel_code": True, "access_token": True, "base_url": False,
+                                    "test_event_code": False}),
+    }
+    for name, (cls, fields_) in specs.items():
+        if name not in data or data[name] is None:
+            continue
+        w = f"{where}.{name}"
+        sdata = r.section(w, data[name], set(fields_))
+        if sdata is None:
+            continue
+        before = len(r.errors)
+        kwargs = {}
+        for fname, required in fields_.items():
+            check = _https_or_http_url if fname == "base_url" else None
+            value = r.get(w, sdata, fname, str, None, required=required, check=check)
+            if value is not None:
+                kwargs[fname] = value.rstrip("/") if fname == "base_url" else value
+        if len(r.errors) == before:
+            out[name] = cls(**kwargs)
+    return Forwarders(**out)
+
+
+def parse(text: str, path: str, env: Mapping[str, str]) -> Settings:
+    """Validate YAML text. Raises ConfigError listing every problem."""
+    r = _Reader(path, env)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "yaml"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from err
+    if raw is None:
+        raw = {}
+    top = r.section("file", raw, _TOP_KEYS)
+    if top is None:
+        raise ConfigError(r.errors)
+    server = _server(r, top.get("server"))
+    tenants_raw = top.get("tenants")
+    tenants: list[Tenant] = []
+    if not isinstance(tenants_raw, list) or not tenants_raw:
+        r.error("tenants", "must list at least one tenant")
+    else:
+        for i, item in enumerate(tenants_raw):
+            tenant = _tenant(r, item, i)
+            if tenant is not None:
+                tenants.append(tenant)
+
+    exact: dict[str, Tenant] = {}
+    wildcards: list[tuple[str, Tenant]] = []
+    seen_ids: set[str] = set()
+    owners: dict[str, str] = {}
+    for tenant in tenants:
+        if tenant.id in seen_ids:
+            r.error(f"tenant[{tenant.id}].id", "is used by more than one tenant")
+        seen_ids.add(tenant.id)
+        for host in tenant.hosts:
+            if host in owners and owners[host] != tenant.id:
+                r.error(f"tenant[{tenant.id}].hosts", f"'{host}' is already served by tenant {owners[host]}")
+            owners[host] = tenant.id
+            if host.startswith("*."):
+                wildcards.append((host[1:], tenant))
+            else:
+                exact[host] = tenant
+    if r.errors:
+        raise ConfigError(r.errors)
+    # Longest wildcard suffix first, so *.shop.acme.example beats *.acme.example.
+    wildcards.sort(key=lambda item: len(item[0]), reverse=True)
+    return Settings(path=path, server=server, tenants=tuple(tenants), _exact=MappingProxyType(exact),
+                    _wildcards=tuple(wildcards))
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a tenant file. `env` defaults to the process environment at call time."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"{name}: cannot read file: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{name}: file is not UTF-8 text"]) from err
+    return parse(text, name, os.environ if env is None else env)
