@@ -109,7 +109,7 @@ class SignatureError(CryptoError):
 def parse_master_secret(text: str) -> bytes:
     """Decode the master secret from hex or base64 (standard or URL-safe, padded or not).
 
-    Text made only of an even number of hex digits is read as hex; anything else as base64. Surrounding
+    Text made only of hex digits is read as hex; anything else as base64. Surrounding
     whitespace is ignored. Raises CryptoError when the text decodes to fewer than 32 bytes or is neither
     encoding; the message never contains the text.
     """
@@ -118,7 +118,9 @@ def parse_master_secret(text: str) -> bytes:
     text = text.strip()
     if not text:
         raise CryptoError("master secret is empty")
-    if len(text) % 2 == 0 and _HEX_RE.fullmatch(text):
+    if _HEX_RE.fullmatch(text):
+        if len(text) % 2:
+            raise CryptoError("master secret looks like hex but has an odd number of digits")
         raw = bytes.fromhex(text)
     else:
         unpadded = text.rstrip("=")
