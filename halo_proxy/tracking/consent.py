@@ -1,0 +1,252 @@
+"""Consent of a visitor, read from consent-management-platform (CMP) cookies and the Sec-GPC header.
+
+Each CMP reader returns a Consent or None ("no signal from this CMP"); a malformed cookie is no signal, never an
+error. When several CMP cookies are present the first reader in CMP_PRECEDENCE that finds a signal decides:
+
+1. Cookiebot (`CookieConsent`)
+2. OneTrust (`OptanonConsent`)
+3. CookieYes (`cookieyes-consent`)
+4. Complianz (`cmplz_*`)
+5. IAB TCF v2 (`euconsent-v2`)
+
+Site-specific CMP cookies come before the TCF string because they carry the site's own analytics/marketing
+categories, while the TCF string speaks for ad vendors and is often written by the same CMP alongside its own cookie.
+`Sec-GPC: 1` then forces marketing off whatever the CMP says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
+
+from halo_proxy.tracking.models import Consent
+from halo_proxy.tracking.tcf import decode_tc_string
+
+# Closed set of `Consent.source` values.
+SOURCE_COOKIEBOT = "cookiebot"
+SOURCE_ONETRUST = "onetrust"
+SOURCE_COOKIEYES = "cookieyes"
+SOURCE_COMPLIANZ = "complianz"
+SOURCE_TCF = "tcf"
+SOURCE_GPC = "gpc"
+SOURCE_UNKNOWN = "unknown"
+SOURCES: tuple[str, ...] = (
+    SOURCE_COOKIEBOT, SOURCE_ONETRUST, SOURCE_COOKIEYES, SOURCE_COMPLIANZ, SOURCE_TCF, SOURCE_GPC, SOURCE_UNKNOWN,
+)
+
+# Consent cookies are small; a much longer value is not one and is not parsed.
+_MAX_COOKIE_LENGTH = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentPolicy:
+    """Per-tenant consent settings.
+
+    `unknown`: what a visit with no consent signal counts as (True = granted).
+    `onetrust_*_groups`: OneTrust category ids that must all be granted for that use.
+    """
+
+    unknown: bool = True
+    onetrust_analytics_groups: tuple[str, ...] = ("C0002",)
+    onetrust_marketing_groups: tuple[str, ...] = ("C0004",)
+
+
+DEFAULT_POLICY = ConsentPolicy()
+
+
+def _cookie(cookies: Mapping[str, str], name: str) -> str | None:
+    value = cookies.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > _MAX_COOKIE_LENGTH:
+        return None
+    return value
+
+
+# --- Cookiebot -------------------------------------------------------------------------------------------------
+
+_JS_KEY = re.compile(r"([{,])\s*([A-Za-z_]\w*)\s*:")
+_JS_STRING = re.compile(r"'([^'\\]*)'")
+
+
+def _js_object(literal: str) -> dict | None:
+    """Cookiebot's JavaScript object literal (unquoted keys, single-quoted strings) as a dict."""
+    text = _JS_KEY.sub(r'\1"\2":', literal)
+    text = _JS_STRING.sub(lambda m: json.dumps(m[1]), text)
+    obj = json.loads(text)
+    return obj if isinstance(obj, dict) else None
+
+
+def read_cookiebot(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | None:
+    """`CookieConsent`: `-1` (no consent required in the visitor's region) grants all, not explicit; `0` is an
+    explicit decline; otherwise a URL-encoded JS object with `statistics`, `marketing` and `method`."""
+    raw = _cookie(cookies, "CookieConsent")
+    if raw is None:
+        return None
+    value = unquote(raw).strip()
+    if value == "-1":
+        return Consent(analytics=True, marketing=True, explicit=False, source=SOURCE_COOKIEBOT)
+    if value == "0":
+        return Consent(analytics=False, marketing=False, explicit=True, source=SOURCE_COOKIEBOT)
+    if not value.startswith("{"):
+        return None
+    obj = _js_object(value)
+    if obj is None:
+        return None
+    if obj.get("stamp") == "-1":
+        return Consent(analytics=True, marketing=True, explicit=False, source=SOURCE_COOKIEBOT)
+    if "statistics" not in obj and "marketing" not in obj:
+        return None
+    return Consent(
+        analytics=obj.get("statistics") is True,
+        marketing=obj.get("marketing") is True,
+        explicit=obj.get("method") == "explicit",
+        source=SOURCE_COOKIEBOT,
+    )
+
+
+# --- OneTrust --------------------------------------------------------------------------------------------------
+
+
+def read_onetrust(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | None:
+    """`OptanonConsent`: a query string whose `groups` lists `<id>:1|0`. Explicit when the banner was closed
+    (`OptanonAlertBoxClosed`) or `interactionCount` > 0. `isGpcEnabled=1` means the CMP applied GPC."""
+    raw = _cookie(cookies, "OptanonConsent")
+    if raw is None:
+        return None
+    fields = dict(parse_qsl(raw, keep_blank_values=True))
+    groups: dict[str, str] = {}
+    for item in fields.get("groups", "").split(","):
+        group, sep, state = item.partition(":")
+        if sep and state.strip() in ("0", "1"):
+            groups[group.strip()] = state.strip()
+    if not groups:
+        return None
+    interactions = fields.get("interactionCount", "").strip()
+    explicit = bool(_cookie(cookies, "OptanonAlertBoxClosed")) or (interactions.isdigit() and int(interactions) > 0)
+    gpc = fields.get("isGpcEnabled", "").strip() == "1"
+
+    def granted(ids: tuple[str, ...]) -> bool:
+        return bool(ids) and all(groups.get(group_id) == "1" for group_id in ids)
+
+    return Consent(
+        analytics=granted(policy.onetrust_analytics_groups),
+        marketing=granted(policy.onetrust_marketing_groups) and not gpc,
+        explicit=explicit,
+        gpc=gpc,
+        source=SOURCE_ONETRUST,
+    )
+
+
+# --- CookieYes -------------------------------------------------------------------------------------------------
+
+
+def read_cookieyes(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | None:
+    """`cookieyes-consent`: `key:value` pairs separated by commas; `analytics` and `advertisement` are `yes|no`,
+    `action:yes` marks a user choice. The summary `consent:` field is ignored."""
+    raw = _cookie(cookies, "cookieyes-consent")
+    if raw is None:
+        return None
+    fields: dict[str, str] = {}
+    for item in unquote(raw).split(","):
+        key, sep, state = item.partition(":")
+        if sep:
+            fields[key.strip()] = state.strip().lower()
+    analytics = fields.get("analytics")
+    marketing = fields.get("advertisement")
+    if analytics not in ("yes", "no") and marketing not in ("yes", "no"):
+        return None
+    return Consent(
+        analytics=analytics == "yes",
+        marketing=marketing == "yes",
+        explicit=fields.get("action") == "yes",
+        source=SOURCE_COOKIEYES,
+    )
+
+
+# --- Complianz -------------------------------------------------------------------------------------------------
+
+_COMPLIANZ_PREFIXES = ("cmplz_", "cmplz_rt_")
+_COMPLIANZ_STATES = ("allow", "deny")
+
+
+def read_complianz(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | None:
+    """`cmplz_statistics` / `cmplz_marketing` = `allow|deny` (`cmplz_rt_` prefix on a multisite main site).
+    A category without a cookie counts as not allowed; at least one of the two must be readable."""
+    for prefix in _COMPLIANZ_PREFIXES:
+        statistics = (_cookie(cookies, prefix + "statistics") or "").lower()
+        marketing = (_cookie(cookies, prefix + "marketing") or "").lower()
+        if statistics in _COMPLIANZ_STATES or marketing in _COMPLIANZ_STATES:
+            return Consent(
+                analytics=statistics == "allow",
+                marketing=marketing == "allow",
+                explicit=True,
+                source=SOURCE_COMPLIANZ,
+            )
+    return None
+
+
+# --- IAB TCF v2 ------------------------------------------------------------------------------------------------
+
+
+def read_tcf(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | None:
+    """`euconsent-v2`: analytics = C1 and (C8 or LI8); marketing = C1 and C3 and C4 and (C7 or LI7)."""
+    raw = _cookie(cookies, "euconsent-v2")
+    if raw is None:
+        return None
+    tc = decode_tc_string(unquote(raw))
+    if tc is None:
+        return None
+    return Consent(analytics=tc.analytics, marketing=tc.marketing, explicit=True, source=SOURCE_TCF)
+
+
+CMP_PRECEDENCE: tuple[Callable[[Mapping[str, str], ConsentPolicy], Consent | None], ...] = (
+    read_cookiebot,
+    read_onetrust,
+    read_cookieyes,
+    read_complianz,
+    read_tcf,
+)
+
+
+def _read_cmps(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | None:
+    for reader in CMP_PRECEDENCE:
+        try:
+            found = reader(cookies, policy)
+        except (ValueError, TypeError, RecursionError):
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def has_gpc(headers: Mapping[str, str]) -> bool:
+    value = headers.get("sec-gpc")
+    return value is not None and value.strip() == "1"
+
+
+def parse_consent(
+    cookies: Mapping[str, str],
+    headers: Mapping[str, str],
+    policy: ConsentPolicy = DEFAULT_POLICY,
+) -> Consent:
+    """The visitor's consent from CMP cookies (CMP_PRECEDENCE) and Sec-GPC.
+
+    No CMP signal: analytics = marketing = policy.unknown, not explicit, source "unknown" ("gpc" when only Sec-GPC
+    was seen). `Sec-GPC: 1` always makes marketing False and gpc True.
+    """
+    consent = _read_cmps(cookies, policy)
+    gpc = has_gpc(headers)
+    if consent is None:
+        if gpc:
+            return Consent(analytics=policy.unknown, marketing=False, gpc=True, source=SOURCE_GPC)
+        return Consent(analytics=policy.unknown, marketing=policy.unknown, source=SOURCE_UNKNOWN)
+    if gpc:
+        return Consent(
+            analytics=consent.analytics, marketing=False, explicit=consent.explicit, gpc=True, source=consent.source
+        )
+    return consent
