@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
     if ready is not None:
         ready.set()
     await stop.wait()
+    # Draining is bounded by DRAIN_SECONDS; a repeated SIGTERM must not cut it short mid-response.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("halo-proxy pid %d draining", os.getpid())
     for r in reversed(runners):
         await r.cleanup()
@@ -71,6 +76,8 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
 
 
 def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing.synchronize.Event) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop installs its own reload handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
     code = asyncio.run(run_worker(config_path, host, port, 0, serve_metrics=False, ready=ready))
     sys.exit(code)
@@ -98,6 +105,11 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("fork")
     procs: dict[int, multiprocessing.Process] = {}
+    # A stop asked for while workers are still starting is remembered, not fatal.
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def start_one() -> multiprocessing.Process | None:
         ready = ctx.Event()
@@ -112,6 +124,8 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
         return proc
 
     for _ in range(workers):
+        if stopping.is_set():
+            break
         if start_one() is None:
             print("halo-proxy: a worker failed to start; stopping", file=sys.stderr)
             for proc in procs.values():
@@ -120,12 +134,13 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
             shutil.rmtree(metrics_dir, ignore_errors=True)
             return 1
     try:
-        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port))
+        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int) -> int:  # type: ignore[no-untyped-def]
+async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,  # type: ignore[no-untyped-def]
+                           stopping: threading.Event) -> int:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess as prom_mp
@@ -155,18 +170,25 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int)
     loop.add_signal_handler(signal.SIGHUP, forward, signal.SIGHUP)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    if stopping.is_set():
+        stop.set()
     log.info("halo-proxy supervisor pid %d with %d workers", os.getpid(), len(procs))
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
             pass
+        else:
+            break
         for pid, proc in list(procs.items()):
             if not proc.is_alive() and not stop.is_set():
                 log.error("worker %d exited with %s; starting a new one", pid, proc.exitcode)
                 del procs[pid]
                 prom_mp.mark_process_dead(pid)
                 await asyncio.to_thread(start_one)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     forward(signal.SIGTERM)
     for proc in list(procs.values()):
         await asyncio.to_thread(proc.join, DRAIN_SECONDS + 5)
