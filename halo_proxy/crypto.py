@@ -64,7 +64,10 @@ BLIND_INDEX_BYTES = 16
 COOKIE_TAG_BYTES = 16
 WEBHOOK_TOLERANCE_S = 300
 
-_COOKIE_FORMAT = 1
+# First cookie byte: format 1 in the high nibble, the visitor's state bits (consent as last seen) in the low
+# nibble, so a change of consent is noticed without a database read.
+_COOKIE_FORMAT = 0x10
+COOKIE_STATE_MAX = 0x0F
 _COOKIE_RAW_BYTES = 1 + 16 + COOKIE_TAG_BYTES  # 33 bytes: a multiple of 3, so base64 needs no padding
 _COOKIE_CHARS = _COOKIE_RAW_BYTES * 4 // 3  # 44
 _COOKIE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_COOKIE_CHARS}}}")
@@ -243,11 +246,16 @@ class KeyRing:
 
     new_session_id = staticmethod(new_session_id)
 
-    def seal_session(self, tenant: str, session_id: uuid.UUID) -> str:
-        """The cookie value for a session: opaque, tamper-evident, bound to the tenant."""
+    def seal_session(self, tenant: str, session_id: uuid.UUID, state: int = 0) -> str:
+        """The cookie value for a session: opaque, tamper-evident, bound to the tenant.
+
+        `state` (0-15) is carried authenticated alongside the id; HaloTrack keeps the visitor's consent bits there.
+        """
         if not isinstance(session_id, uuid.UUID):
             raise CryptoError("session id must be a UUID")
-        head = bytes((_COOKIE_FORMAT,)) + session_id.bytes
+        if type(state) is not int or not 0 <= state <= COOKIE_STATE_MAX:
+            raise CryptoError("cookie state must be an integer from 0 to 15")
+        head = bytes((_COOKIE_FORMAT | state,)) + session_id.bytes
         mac = self._keys(tenant).cookie_mac.copy()
         mac.update(head)
         return base64.urlsafe_b64encode(head + mac.digest()[:COOKIE_TAG_BYTES]).decode("ascii")
@@ -258,18 +266,23 @@ class KeyRing:
         Never raises on any `value` (forged, truncated, another tenant's, garbage, not even a string);
         `tenant` is trusted configuration and an invalid tenant id raises CryptoError like everywhere else.
         """
+        opened = self.open_session_state(tenant, value)
+        return None if opened is None else opened[0]
+
+    def open_session_state(self, tenant: str, value: object) -> tuple[uuid.UUID, int] | None:
+        """(session id, state bits) sealed in a cookie value, or None; same guarantees as `open_session`."""
         if type(value) is not str or len(value) != _COOKIE_CHARS or not _COOKIE_RE.fullmatch(value):
             return None
         # The regex admits only the URL-safe alphabet and the length leaves no spare bits, so each value
         # decodes to exactly one byte string and each byte string has exactly one accepted encoding.
         raw = binascii.a2b_base64(value.encode("ascii").translate(_URLSAFE_TO_STD))
-        if raw[0] != _COOKIE_FORMAT:
+        if raw[0] & 0xF0 != _COOKIE_FORMAT:
             return None
         mac = self._keys(tenant).cookie_mac.copy()
         mac.update(raw[:17])
         if not hmac.compare_digest(mac.digest()[:COOKIE_TAG_BYTES], raw[17:]):
             return None
-        return uuid.UUID(bytes=raw[1:17])
+        return uuid.UUID(bytes=raw[1:17]), raw[0] & COOKIE_STATE_MAX
 
     # --- IP addresses -----------------------------------------------------------------------------
 

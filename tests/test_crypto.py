@@ -168,7 +168,10 @@ def test_derive_key_rejects_bad_tenant_ids(tenant):
 def test_ring_uses_the_derived_keys(ring):
     sid = uuid.UUID("12345678-1234-4234-8234-123456789abc")
     raw = base64.urlsafe_b64decode(ring.seal_session("acme", sid))
-    head = b"\x01" + sid.bytes
+    head = b"\x10" + sid.bytes
+    assert raw == head + hmac256(derive_key(MASTER, "acme", "cookie"), head)[:16]
+    raw = base64.urlsafe_b64decode(ring.seal_session("acme", sid, state=5))
+    head = b"\x15" + sid.bytes
     assert raw == head + hmac256(derive_key(MASTER, "acme", "cookie"), head)[:16]
 
     assert ring.hash_ip("acme", "192.0.2.1") == hmac256(derive_key(MASTER, "acme", "ip"), b"192.0.2.1")
@@ -198,6 +201,20 @@ def test_cookie_round_trip(ring, session_id):
     assert COOKIE_RE.fullmatch(value), value
     assert ring.open_session("acme", value) == session_id
     assert KeyRing(MASTER).open_session("acme", value) == session_id  # survives a restart
+
+
+@pytest.mark.parametrize("state", range(16))
+def test_cookie_carries_authenticated_state(ring, state):
+    sid = uuid.UUID("0b6c7d0e-3f3a-4c55-9a1e-5f0b2c8d9e01")
+    value = ring.seal_session("acme", sid, state=state)
+    assert ring.open_session_state("acme", value) == (sid, state)
+    assert ring.open_session("acme", value) == sid
+
+
+@pytest.mark.parametrize("state", [-1, 16, "1", None, 1.0])
+def test_cookie_state_out_of_range_is_refused(ring, state):
+    with pytest.raises(CryptoError):
+        ring.seal_session("acme", uuid.UUID(int=1), state=state)
 
 
 def test_new_session_ids_are_random_uuid4(ring):
