@@ -35,9 +35,11 @@ _BOT_TOKENS: tuple[str, ...] = (
     "GPTBot", "ChatGPT-User", "OAI-SearchBot", "Claude-User", "ClaudeBot", "Claude-SearchBot", "anthropic-ai",
     "PerplexityBot", "Perplexity-User", "Bytespider", "Amazonbot", "CCBot", "meta-externalagent",
     "meta-externalfetcher", "Applebot", "DuckAssistBot", "MistralAI-User", "cohere-ai",
+    # HTTP libraries that put the language first ("Python/3.12 aiohttp/3.9.5")
+    "aiohttp/",
 )
 _LIBRARY_PREFIXES: tuple[str, ...] = (
-    "curl", "Wget", "python-requests", "python-httpx", "Python-urllib", "aiohttp", "Go-http-client", "okhttp",
+    "curl", "Wget", "python-requests", "python-httpx", "Python-urllib", "Go-http-client", "okhttp",
     "Java/", "Apache-HttpClient", "node-fetch", "axios/", "undici", "PostmanRuntime", "libwww-perl", "Scrapy",
     "HTTPie", "Ruby", "Faraday",
 )

@@ -100,13 +100,14 @@ def default_channel(source: str | None, medium: str | None, campaign: str | None
 
 
 # Paid click ids without UTMs, in order of precedence when several are present. fbclid is absent on purpose:
-# Facebook and Instagram add it to organic outbound links too.
+# Facebook and Instagram add it to organic outbound links too. dclid (Campaign Manager 360 / DV360) is reported
+# as `dfa / cpm` the way Google Analytics does: `google / cpm` would fall into Paid Search at rule 4, not Display.
 PAID_CLICK_IDS: tuple[tuple[str, str, str], ...] = (
     ("gclid", "google", "cpc"),
     ("gbraid", "google", "cpc"),
     ("wbraid", "google", "cpc"),
     ("msclkid", "bing", "cpc"),
-    ("dclid", "google", "cpm"),
+    ("dclid", "dfa", "cpm"),
     ("ttclid", "tiktok", "cpc"),
     ("li_fat_id", "linkedin", "cpc"),
     ("twclid", "x", "cpc"),

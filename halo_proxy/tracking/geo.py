@@ -45,10 +45,20 @@ def _country(value: str | None) -> str | None:
     return value
 
 
+def _percent_decoded(value: str | None) -> str | None:
+    """`decodeURIComponent` semantics: a value that does not decode to UTF-8 is kept as sent."""
+    if not value:
+        return value
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        return value
+
+
 def _geo(country: str | None, region: str | None, city: str | None, *, decode: bool = False) -> Geo | None:
     if decode:
-        region = unquote(region) if region else region
-        city = unquote(city) if city else city
+        region = _percent_decoded(region)
+        city = _percent_decoded(city)
     geo = Geo(
         country=_country(country),
         region=clean(region, REGION_MAX_LENGTH),
