@@ -7,7 +7,6 @@ Request flow on a tenant host:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from . import config as config_mod
 from .config import ConfigError, Settings, Tenant
 from .metrics import UNKNOWN_TENANT, Metrics
 from .proxy import Proxy, error_page
+from .tracking.clientip import client_ip, parse_ip
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +57,21 @@ def json_error(status: int, code: str, detail: str, field_name: str | None = Non
 # Client IP and X-Forwarded-For.
 
 
-def _strip_port(value: str) -> str:
-    value = value.strip()
-    if value.startswith("["):
-        end = value.find("]")
-        return value[1:end] if end != -1 else value
-    if value.count(":") == 1:
-        return value.split(":", 1)[0]
-    return value
+def client_address(request: web.Request, trusted: tuple) -> tuple[str | None, str | None, bool]:
+    """(client IP, X-Forwarded-For to send upstream, whether the visitor came over HTTPS).
 
-
-def _trusted(ip: str, networks: tuple) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in net for net in networks)
-
-
-def client_address(peer: str | None, xff: str | None, trusted: tuple) -> tuple[str | None, str | None]:
-    """(client IP, X-Forwarded-For to send upstream).
-
-    The peer's X-Forwarded-For is believed only when the peer is a trusted proxy; then the chain is walked
-    from the right past trusted hops and the peer is appended. Otherwise the header is replaced by the peer.
+    X-Forwarded-For and X-Forwarded-Proto are believed only from a trusted proxy; the peer is then appended to
+    the chain. From anyone else they are replaced: the peer is the client.
     """
-    if peer is None:
-        return None, None
-    if not trusted or not xff or not _trusted(peer, trusted):
-        return peer, peer
-    hops = [_strip_port(h) for h in xff.split(",") if h.strip()]
-    client = peer
-    for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            break
-        client = hop
-        if not _trusted(hop, trusted):
-            break
-    return client, f"{xff}, {peer}"
+    peer = request.remote
+    address = parse_ip(peer)
+    if not trusted or address is None or not any(address in net for net in trusted):
+        return (str(address) if address is not None else None), peer, request.secure
+    headers = request.headers
+    xff = ", ".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
+    proto = headers.get("X-Forwarded-Proto")
+    https = proto.split(",")[0].strip().lower() == "https" if proto else request.secure
+    return client_ip(peer, xff, trusted), (f"{xff}, {peer}" if xff else peer), https
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,9 +89,8 @@ async def handle_proxied(request: web.Request) -> web.StreamResponse:
         return error_page(421, "Misdirected Request", "This host is not served here.")
     metrics.in_flight.inc()
     try:
-        client_ip, forwarded_for = client_address(
-            request.remote, request.headers.get("X-Forwarded-For"), settings.server.trusted_proxies)
-        response = await app[PROXY].forward(request, tenant, client_ip, forwarded_for)
+        ip, forwarded_for, https = client_address(request, settings.server.trusted_proxies)
+        response = await app[PROXY].forward(request, tenant, ip, forwarded_for)
     finally:
         metrics.in_flight.dec()
     metrics.count_request(tenant.id, response.status, time.perf_counter() - started)

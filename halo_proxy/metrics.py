@@ -32,7 +32,27 @@ class Metrics:
             "halo_upstream_errors_total", "Upstream failures by kind.", ["tenant", "kind"], registry=r)
         self.config_reloads = Counter(
             "halo_config_reloads_total", "Tenant file reloads by outcome.", ["outcome"], registry=r)
+        # Tracking (page views).
+        self.visits = Counter(
+            "halo_visits_total", "Tracked page views by tenant, consent state and GA4 channel.",
+            ["tenant", "consent", "channel"], registry=r)
+        self.sessions_created = Counter(
+            "halo_sessions_created_total", "New visitor sessions.", ["tenant"], registry=r)
+        self.touches = Counter(
+            "halo_touches_total", "Campaign touches of returning visitors.", ["tenant"], registry=r)
+        self.skipped = Counter(
+            "halo_skipped_requests_total", "Proxied requests that are not visits, by reason.",
+            ["tenant", "reason"], registry=r)
+        self.storage_errors = Counter(
+            "halo_storage_errors_total", "Failed database operations by operation.", ["op"], registry=r)
+        self.lost_writes = Counter(
+            "halo_storage_lost_writes_total", "Writes dropped because the database stayed unavailable.",
+            ["kind"], registry=r)
+        self.write_queue = Gauge(
+            "halo_write_queue_depth", "Page-view writes waiting for the database.", registry=r,
+            multiprocess_mode="livesum")
         self._status_children: dict[tuple[str, int], Counter] = {}
+        self._visit_children: dict[tuple[str, str, str], Counter] = {}
 
     def count_request(self, tenant: str, status: int, seconds: float) -> None:
         """Hot path: label lookups are cached per (tenant, class)."""
@@ -44,3 +64,11 @@ class Metrics:
             self._status_children[key] = child
         child.inc()
         self.request_seconds.labels(tenant=tenant).observe(seconds)
+
+    def visit(self, tenant: str, consent: str, channel: str) -> None:
+        key = (tenant, consent, channel)
+        child = self._visit_children.get(key)
+        if child is None:
+            child = self.visits.labels(tenant=tenant, consent=consent, channel=channel)
+            self._visit_children[key] = child
+        child.inc()
