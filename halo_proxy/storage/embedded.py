@@ -194,6 +194,10 @@ class EmbeddedPostgres:
                         f"pg_ctl stop failed (exit {result.returncode}): {result.stderr.strip()}"
                     )
                 )
+            socket_dir = self._socket_dir()
+            if socket_dir != self.pgdata:
+                with contextlib.suppress(OSError):
+                    socket_dir.rmdir()  # the short fallback directory, now empty
             logger.info("stopped PostgreSQL for %s", self.pgdata)
 
     async def __aenter__(self) -> str:

@@ -57,6 +57,8 @@ def load() -> list[Migration]:
         if not _NAME.match(entry.name):
             raise MigrationError(f"migration file name {entry.name!r} is not NNNN_name.sql")
         migrations.append(Migration(entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8")))
+    if not migrations:
+        raise MigrationError(f"no migration files found in {folder} (package data missing from the install?)")
     migrations.sort(key=lambda m: m.name)
     numbers = [m.name[:4] for m in migrations]
     if len(set(numbers)) != len(numbers):

@@ -216,3 +216,54 @@ def test_from_env_uses_halo_data_dir(tmp_path: Path) -> None:
     server = EmbeddedPostgres.from_env({"HALO_DATA_DIR": str(tmp_path / "d")})
     assert server.pgdata == tmp_path / "d" / "pg"
     assert EmbeddedPostgres.from_env({}).pgdata == Path(".halo").resolve() / "pg"
+
+
+def test_workers_starting_together_share_one_server(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from halo_proxy.storage.embedded import EmbeddedPostgres\n"
+        "s = EmbeddedPostgres(sys.argv[1], settings={'fsync': 'off'})\n"
+        "print(s.start(), s.owns_server, flush=True)\n"
+        "sys.stdin.read()\n"  # hold on until told to stop
+        "s.stop()\n"
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "shared")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        answers = [w.stdout.readline().split() for w in workers if w.stdout is not None]
+        assert len({dsn for dsn, _ in answers}) == 1
+        assert sorted(owns for _, owns in answers) == ["False", "False", "True"]
+        owner = next(w for w, (_, owns) in zip(workers, answers, strict=True) if owns == "True")
+        for worker in sorted(workers, key=lambda w: w is owner):  # the owner stops last
+            assert worker.stdin is not None
+            worker.stdin.close()
+            assert worker.wait(timeout=60) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+    assert not (tmp_path / "shared" / "pg" / "postmaster.pid").exists()
+
+
+def test_data_dir_too_long_for_a_socket_name_uses_a_short_socket_dir(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    server = EmbeddedPostgres(deep, settings=FAST)
+    dsn = server.start()
+    try:
+        assert str(deep) not in dsn
+        assert query(dsn, "SHOW listen_addresses") == ""
+        socket_dir = Path(query(dsn, "SHOW unix_socket_directories"))  # type: ignore[arg-type]
+        assert socket_dir.exists()
+    finally:
+        server.stop()
+    assert not socket_dir.exists()
