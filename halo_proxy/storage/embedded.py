@@ -26,6 +26,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class EmbeddedPostgres:
         self._run_as = SERVER_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
         self._dsn: str | None = None
         self._owned = False
+        self._guard = threading.Lock()  # start/stop from several threads of one process
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: object) -> EmbeddedPostgres:
@@ -136,6 +138,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server and return the DSN of its `postgres` database. Idempotent."""
+        with self._guard:
+            return self._start()
+
+    def _start(self) -> str:
         if self._dsn is not None:
             return self._dsn
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +170,10 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) if this object started it; otherwise only forget it. Idempotent."""
+        with self._guard:
+            self._stop()
+
+    def _stop(self) -> None:
         if self._dsn is None:
             return
         owned, self._owned, self._dsn = self._owned, False, None

@@ -282,13 +282,15 @@ async def write_visits(db: Executor, batch: Sequence[SessionWrite]) -> None:
         return
     ordered = sorted(batch, key=lambda w: (w.tenant_id, w.session_id.int))  # stable: keeps order per session
     args = [_visit_args(w) for w in ordered]
+    # Inside a caller's transaction a deadlock aborts that transaction: nothing to retry here.
+    attempts = 1 if isinstance(db, asyncpg.Connection) and db.is_in_transaction() else _DEADLOCK_RETRIES
     with translate_errors():
-        for attempt in range(1, _DEADLOCK_RETRIES + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 await db.executemany(_WRITE_VISIT, args)
                 return
             except asyncpg.exceptions.DeadlockDetectedError:
-                if attempt == _DEADLOCK_RETRIES:
+                if attempt == attempts:
                     raise
                 await asyncio.sleep(0.01 * attempt)
 
