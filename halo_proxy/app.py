@@ -7,20 +7,28 @@ Request flow on a tenant host:
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
+import asyncpg
 import orjson
 from aiohttp import web
 
 from . import config as config_mod
 from .config import ConfigError, Settings, Tenant
+from .crypto import KeyRing
 from .metrics import UNKNOWN_TENANT, Metrics
 from .proxy import Proxy, error_page
+from .storage import migrations
+from .storage.db import create_pool, ping
+from .storage.errors import StorageError
 from .tracking.clientip import client_ip, parse_ip
+from .visits import Clock, VisitTracker, VisitWriter, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +42,23 @@ class ConfigHolder:
     last_errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Database:
+    """The database as the app sees it: a pool, and whether the schema is known to be current."""
+
+    pool: asyncpg.Pool
+    migrated: bool = False
+
+
 CONFIG = web.AppKey("config", ConfigHolder)
 METRICS = web.AppKey("metrics", Metrics)
 CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 PROXY = web.AppKey("proxy", Proxy)
+KEYS = web.AppKey("keys", KeyRing)
+CLOCK = web.AppKey("clock", object)
+DATABASE = web.AppKey("database", Database)
+WRITER = web.AppKey("visit_writer", VisitWriter)
+TRACKER = web.AppKey("visit_tracker", VisitTracker)
 
 
 def json_response(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -90,7 +111,10 @@ async def handle_proxied(request: web.Request) -> web.StreamResponse:
     metrics.in_flight.inc()
     try:
         ip, forwarded_for, https = client_address(request, settings.server.trusted_proxies)
-        response = await app[PROXY].forward(request, tenant, ip, forwarded_for)
+        tracker = app.get(TRACKER)
+        cookies = tracker.observe(request, tenant, ip, https) if tracker is not None else ()
+        response = await app[PROXY].forward(request, tenant, ip, forwarded_for,
+                                            [("Set-Cookie", value) for value in cookies])
     finally:
         metrics.in_flight.dec()
     metrics.count_request(tenant.id, response.status, time.perf_counter() - started)
@@ -102,7 +126,13 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    return json_response(200, {"status": "ready"})
+    database = request.app.get(DATABASE)
+    if database is None:
+        return json_response(200, {"status": "ready"})
+    if database.migrated and await ping(database.pool):
+        return json_response(200, {"status": "ready"})
+    return json_error(503, "database_unavailable", "The database is not answering.",
+                      headers={"Retry-After": "5"})
 
 
 async def handle_reserved_unknown(request: web.Request) -> web.Response:
@@ -136,6 +166,57 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+def storage_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # type: ignore[no-untyped-def]
+    """The pool (given, or made from `dsn`), migrations, and the background page-view writer.
+
+    A database that is down at start does not stop the proxy: pages are served, writes queue up, readyz says
+    503, and migrations are retried until they succeed.
+    """
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        owned = pool is None
+        # min_size=0: no connection is needed to start, so a database that is down does not stop the proxy.
+        the_pool = pool if pool is not None else await create_pool(dsn, min_size=0, max_size=10)
+        database = Database(the_pool, migrated=not migrate)
+        app[DATABASE] = database
+        retry: asyncio.Task[None] | None = None
+        if migrate:
+            if not await _migrate(database):
+                retry = asyncio.create_task(_migrate_until_done(database), name="halo-migrate-retry")
+        writer = VisitWriter(the_pool, app[METRICS])
+        writer.start()
+        app[WRITER] = writer
+        app[TRACKER] = VisitTracker(app[KEYS], writer, app[METRICS], app[CONFIG].current.server.reserved_prefix,
+                                    clock=app[CLOCK])  # type: ignore[arg-type]
+        yield
+        if retry is not None:
+            retry.cancel()
+        await writer.close()
+        if owned:
+            await the_pool.close()
+
+    return ctx
+
+
+async def _migrate(database: Database) -> bool:
+    try:
+        applied = await migrations.apply(database.pool)
+    except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        log.error("database migrations could not run yet (%s); pages are still served", type(err).__name__)
+        return False
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    database.migrated = True
+    return True
+
+
+async def _migrate_until_done(database: Database, every_s: float = 5.0) -> None:
+    for attempt in itertools.count(1):
+        await asyncio.sleep(min(every_s * attempt, 60.0))
+        if await _migrate(database):
+            return
+
+
 def reload_config(app: web.Application, path: str | None = None) -> bool:
     """Reload the tenant file; an invalid file keeps the old settings and logs every error."""
     holder = app[CONFIG]
@@ -158,11 +239,26 @@ def reload_config(app: web.Application, path: str | None = None) -> bool:
     return True
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    keys: KeyRing | None = None,
+    dsn: str | None = None,
+    pool: asyncpg.Pool | None = None,
+    migrate: bool = True,
+    clock: Clock = utc_now,
+) -> web.Application:
+    """Build the app. Without `keys` and a database (`dsn` or `pool`) it is a plain proxy with no tracking."""
     app = web.Application(handler_args={"max_field_size": 16 * 1024}, client_max_size=1024**2)
     app[CONFIG] = ConfigHolder(settings)
     app[METRICS] = metrics if metrics is not None else Metrics()
+    app[CLOCK] = clock
+    # Cleanup contexts start in this order and stop in reverse: the upstream client, then storage.
     app.cleanup_ctx.append(client_session_ctx)
+    if keys is not None and (dsn is not None or pool is not None):
+        app[KEYS] = keys
+        app.cleanup_ctx.append(storage_ctx(dsn, pool, migrate))
 
     prefix = settings.server.reserved_prefix
     # Reserved routes first: they are matched before the catch-all and never reach the proxy.

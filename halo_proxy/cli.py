@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the tenant YAML")
     check.add_argument("--config", required=True)
 
+    sub.add_parser("migrate", help="apply database migrations (HALO_DATABASE_URL, else the embedded database)")
+
     demo = sub.add_parser("demo", help="embedded database, a demo site and the proxy in front of it")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
@@ -55,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("halo-proxy: --workers must be at least 1", file=sys.stderr)
             return 2
         return serve(args.config, args.host, args.port, args.metrics_port, args.workers)
+    if args.command == "migrate":
+        from .server import migrate
+
+        return migrate()
     if args.command == "demo":
         from .demo import run_demo
 

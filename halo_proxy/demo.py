@@ -94,7 +94,7 @@ def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
             print(f"Metrics:                http://{host}:{metrics_port}/metrics", flush=True)
         print("Press Ctrl+C to stop.", flush=True)
         try:
-            return await run_worker(str(config_path), host, port, metrics_port)
+            return await run_worker(str(config_path), host, port, metrics_port, generate_secret=True)
         finally:
             await site_runner.cleanup()
 

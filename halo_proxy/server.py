@@ -21,13 +21,63 @@ import time
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 30.0
+SECRET_FILE = "secret.key"
+
+
+class StartupError(Exception):
+    """The process cannot start; the message tells the operator what to fix."""
+
+
+def data_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("HALO_DATA_DIR") or ".halo"
+
+
+def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
+    """The key ring from HALO_SECRET_KEY. Unset: `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
+    from pathlib import Path
+
+    from .crypto import CryptoError, KeyRing, generate_master_secret, parse_master_secret
+
+    text = os.environ.get("HALO_SECRET_KEY")
+    if not text and generate:
+        path = Path(data_dir()) / SECRET_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(generate_master_secret() + "\n")
+        text = path.read_text().strip()
+    if not text:
+        raise StartupError(
+            "HALO_SECRET_KEY is not set. Set it to at least 32 random bytes, hex or base64, for example:\n"
+            "  export HALO_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')\n"
+            "Keep it safe: cookies, IP hashes and encrypted personal data depend on it.")
+    try:
+        return KeyRing(parse_master_secret(text))
+    except CryptoError as err:
+        raise StartupError(f"HALO_SECRET_KEY is invalid: {err}") from err
+
+
+def open_database():  # type: ignore[no-untyped-def]
+    """(DSN, embedded server or None). HALO_DATABASE_URL wins; else an embedded PostgreSQL under HALO_DATA_DIR."""
+    dsn = os.environ.get("HALO_DATABASE_URL")
+    if dsn:
+        return dsn, None
+    from .storage.embedded import EmbeddedPostgres
+    from .storage.errors import StorageError
+
+    server = EmbeddedPostgres.from_env()
+    try:
+        return server.start(), server
+    except StorageError as err:
+        raise StartupError(f"the embedded PostgreSQL under {server.data_dir} did not start: {err}") from err
 
 
 async def run_worker(config_path: str, host: str, port: int, metrics_port: int, *, serve_metrics: bool = True,
-                     ready: multiprocessing.synchronize.Event | None = None) -> int:
-    from aiohttp import web
+                     ready: multiprocessing.synchronize.Event | None = None, generate_secret: bool = False) -> int:
 
-    from .app import create_app, create_metrics_app, reload_config
+    from .app import create_app
     from .config import ConfigError, load
     from .metrics import Metrics
 
@@ -37,8 +87,27 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
         for line in err.errors:
             print(line, file=sys.stderr)
         return 2
-    metrics = Metrics()
-    app = create_app(settings, metrics)
+    try:
+        keys = load_keys(generate=generate_secret)
+        dsn, embedded = await asyncio.to_thread(open_database)
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return 2
+    try:
+        return await _serve_app(create_app(settings, Metrics(), keys=keys, dsn=dsn), settings, host, port,
+                                metrics_port, serve_metrics, ready)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # type: ignore[no-untyped-def]
+                     serve_metrics: bool, ready: multiprocessing.synchronize.Event | None) -> int:
+    from aiohttp import web
+
+    from .app import METRICS, create_metrics_app, reload_config
+
+    metrics = app[METRICS]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
     runners = [runner]
@@ -95,7 +164,18 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
     del settings
     if workers == 1:
         return asyncio.run(run_worker(config_path, host, port, metrics_port))
-    return _supervise(config_path, host, port, metrics_port, workers)
+    try:
+        load_keys(generate=False)  # refuse early, before any worker starts
+        dsn, embedded = open_database()  # one server for all workers, stopped after the last one exits
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return 2
+    os.environ["HALO_DATABASE_URL"] = dsn
+    try:
+        return _supervise(config_path, host, port, metrics_port, workers)
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 def _supervise(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
@@ -196,4 +276,35 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
             proc.kill()
     if runner is not None:
         await runner.cleanup()
+    return 0
+
+
+def migrate() -> int:
+    """`halo-proxy migrate`: apply pending migrations and say which."""
+    from .storage import migrations
+    from .storage.db import create_pool
+    from .storage.errors import StorageError
+
+    try:
+        dsn, embedded = open_database()
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[str]:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            return await migrations.apply(pool)
+        finally:
+            await pool.close()
+
+    try:
+        applied = asyncio.run(run())
+    except StorageError as err:
+        print(f"halo-proxy: migrations failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
     return 0

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
+TEST_SECRET = "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f"
+
 
 def free_port() -> int:
     s = socket.socket()
@@ -45,7 +47,8 @@ class ProxyProcess:
         self.port = free_port()
         self.metrics_port = free_port()
         self.workers = workers
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "HALO_SECRET_KEY": TEST_SECRET, "HALO_DATA_DIR": str(config.parent / "halo-data"),
+                    **(env or {})}
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config.parent / f"proxy-{self.port}.log"
@@ -58,12 +61,13 @@ class ProxyProcess:
         cmd = [sys.executable, "-m", "halo_proxy", "--log-level", "INFO", "serve", "--config", str(self.config),
                "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--workers", str(self.workers),
                *self.extra_args]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
+                    self.proc.wait()
                     raise RuntimeError(f"halo-proxy exited with {self.proc.returncode}:\n{self.log()}")
                 try:
                     async with session.get(f"{self.base}/_halo/healthz", headers={"Host": host}) as resp:
@@ -94,5 +98,4 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 await asyncio.to_thread(self.proc.wait)
-        self._log.close()
         return self.proc.returncode

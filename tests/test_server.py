@@ -36,10 +36,15 @@ async def upstream(aiohttp_server):
 
 
 @pytest.fixture
-async def served(tmp_path, upstream):
+def db_env(database):
+    return {"HALO_DATABASE_URL": database.dsn}
+
+
+@pytest.fixture
+async def served(tmp_path, upstream, db_env):
     config = tmp_path / "tenants.yaml"
     write_config(config, upstream.port)
-    proc = await ProxyProcess(config).start(HOST)
+    proc = await ProxyProcess(config, env=db_env).start(HOST)
     yield proc
     assert await proc.stop() == 0
 
@@ -76,10 +81,10 @@ async def test_one_gigabyte_each_way_streams_with_flat_memory(served):
     assert growth_mib < 64, f"proxy peak RSS grew by {growth_mib:.0f} MiB while streaming 2 GiB"
 
 
-async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upstream):
+async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upstream, db_env):
     config = tmp_path / "tenants.yaml"
     write_config(config, upstream.port)
-    proc = await ProxyProcess(config).start(HOST)
+    proc = await ProxyProcess(config, env=db_env).start(HOST)
     try:
         async with aiohttp.ClientSession() as session:
             async def status(host: str) -> int:
@@ -109,10 +114,10 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path, upst
         assert await proc.stop() == 0
 
 
-async def test_two_workers_share_the_port_and_metrics_are_aggregated(tmp_path, upstream):
+async def test_two_workers_share_the_port_and_metrics_are_aggregated(tmp_path, upstream, db_env):
     config = tmp_path / "tenants.yaml"
     write_config(config, upstream.port)
-    proc = await ProxyProcess(config, workers=2).start(HOST)
+    proc = await ProxyProcess(config, workers=2, env=db_env).start(HOST)
     try:
         async with aiohttp.ClientSession() as session:
             async def one() -> None:
@@ -213,3 +218,30 @@ async def wait_for_log(proc: ProxyProcess, text: str, seconds: float = 10) -> No
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"log never said {text!r}:\n{proc.log()}")
+
+
+def test_serve_refuses_to_start_without_a_secret_key(tmp_path):
+    config = tmp_path / "tenants.yaml"
+    write_config(config, 1)
+    env = {k: v for k, v in os.environ.items() if k != "HALO_SECRET_KEY"}
+    result = subprocess.run([sys.executable, "-m", "halo_proxy", "serve", "--config", str(config), "--port", "0"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "HALO_SECRET_KEY is not set" in result.stderr
+
+
+async def test_serve_runs_its_own_embedded_database_and_stops_it(tmp_path, upstream):
+    config = tmp_path / "tenants.yaml"
+    write_config(config, upstream.port)
+    env = {k: v for k, v in os.environ.items() if k != "HALO_DATABASE_URL"}
+    proc = ProxyProcess(config, workers=2)
+    proc.env = {**env, "HALO_SECRET_KEY": proc.env["HALO_SECRET_KEY"], "HALO_DATA_DIR": str(tmp_path / "data")}
+    await proc.start(HOST)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{proc.base}/_halo/readyz", headers={"Host": HOST}) as resp:
+                assert resp.status == 200
+        assert (tmp_path / "data" / "pg" / "postmaster.pid").exists()
+    finally:
+        assert await proc.stop() == 0
+    assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()

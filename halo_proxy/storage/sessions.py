@@ -36,6 +36,7 @@ __all__ = [
     "list_anon_events",
     "list_touches",
     "purge_expired",
+    "update_consent",
     "write_visits",
 ]
 
@@ -293,6 +294,25 @@ async def write_visits(db: Executor, batch: Sequence[SessionWrite]) -> None:
                 if attempt == attempts:
                     raise
                 await asyncio.sleep(0.01 * attempt)
+
+
+async def update_consent(db: Executor, tenant_id: str, session_id: UUID, consent: Consent, at: datetime) -> bool:
+    """A returning visitor's consent changed without a new touch. Losing marketing consent clears the
+    identifiers kept for ad platforms. A write older than the row's last update is ignored. True when a row
+    was updated (a missing session is not created: it has no touch to start from)."""
+    with translate_errors():
+        status = await db.execute(
+            """UPDATE sessions SET
+                   consent_analytics = $3, consent_marketing = $4, gpc = $5, consent_source = $6,
+                   updated_at = $7,
+                   ip_enc = CASE WHEN $4 THEN ip_enc END,
+                   user_agent_enc = CASE WHEN $4 THEN user_agent_enc END,
+                   fbp = CASE WHEN $4 THEN fbp END,
+                   fbc = CASE WHEN $4 THEN fbc END
+               WHERE tenant_id = $1 AND id = $2 AND updated_at <= $7""",
+            tenant_id, session_id, consent.analytics, consent.marketing, consent.gpc, consent.source, _utc(at),
+        )
+    return status.endswith(" 1")
 
 
 # -- anonymous aggregates -----------------------------------------------------------------------------------------

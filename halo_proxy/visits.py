@@ -1,0 +1,364 @@
+"""Page-view tracking on the proxy's hot path, and the background writer behind it.
+
+`VisitTracker.observe` runs synchronously before a page is forwarded. It decides, from the request alone,
+whether this is a visit, what the visitor allowed, who they are (the sealed `_halo` cookie) and whether the visit
+brings campaign data. It returns the cookies to set and hands any write to the `VisitWriter`, which queues it
+without waiting and writes batches in the background: a page is never held back by the database.
+
+The returning visitor who brings no campaign data and whose consent is unchanged costs no database call at all:
+their consent bits travel, authenticated, in the cookie itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+
+from .config import Tenant
+from .crypto import KeyRing
+from .metrics import Metrics
+from .storage import sessions as session_store
+from .storage.errors import StorageError
+from .storage.sessions import AnonEvent, SessionWrite
+from .tracking.campaign import has_campaign_data, parse_campaign
+from .tracking.consent import ConsentPolicy, parse_consent
+from .tracking.device import parse_device
+from .tracking.geo import geo_from_headers
+from .tracking.models import Consent, Touch
+from .tracking.referrer import parse_referrer
+from .tracking.touch import campaign_fingerprint, touch_for_visit
+from .tracking.visit import skip_reason
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+FBC_MAX_AGE = 90 * 24 * 3600
+FBP_MAX_AGE = 90 * 24 * 3600
+ANON_PATH_MAX = 200
+RECENT_TOUCHES = 10_000
+REPEAT_SECONDS = 30 * 60
+
+_EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def consent_bits(consent: Consent) -> int:
+    return (1 if consent.analytics else 0) | (2 if consent.marketing else 0) | (4 if consent.gpc else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentUpdate:
+    """A returning visitor's consent changed on a visit without campaign data."""
+
+    tenant_id: str
+    session_id: UUID
+    consent: Consent
+    at: datetime
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class VisitWriter:
+    """Queues page-view writes without blocking and writes them in batches in the background.
+
+    `submit` never waits and says whether it accepted. When the database is down, writes stay queued (up to
+    `max_queue`) and are retried; beyond that the oldest are dropped and counted as lost. Anonymous
+    aggregates are summed in memory and added in one statement per flush.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, *, max_queue: int = 50_000, batch_size: int = 500,
+                 interval_s: float = 0.05, retry_s: float = 1.0):
+        self.pool = pool
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self.retry_s = retry_s
+        self._visits: deque[SessionWrite | ConsentUpdate] = deque()
+        self._anon: dict[tuple, int] = {}
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.healthy = True
+
+    # -- hot path ------------------------------------------------------------------------------------------
+
+    def submit(self, write: SessionWrite | ConsentUpdate) -> bool:
+        accepted = True
+        if len(self._visits) >= self.max_queue:
+            self._visits.popleft()
+            self.metrics.lost_writes.labels(kind="visit").inc()
+            accepted = False
+        self._visits.append(write)
+        self.metrics.write_queue.set(len(self._visits))
+        if len(self._visits) >= self.batch_size:
+            self._wake.set()
+        return accepted
+
+    def count_anon(self, event: AnonEvent) -> None:
+        key = event.key
+        self._anon[key] = self._anon.get(key, 0) + 1
+
+    # -- background --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="halo-visit-writer")
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            ok = await self.flush()
+            if not ok:
+                await asyncio.sleep(self.retry_s)
+
+    async def flush(self) -> bool:
+        """Write everything queued now. True when the database took it all."""
+        async with self._lock:
+            ok = True
+            if self._anon:
+                anon, self._anon = self._anon, {}
+                rows = [AnonEvent(*key, count=count) for key, count in anon.items()]
+                try:
+                    await session_store.add_anon_events(self.pool, rows)
+                except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                    ok = False
+                    self._storage_failed("anon_events", err)
+                    for key, count in anon.items():  # keep them for the next try
+                        self._anon[key] = self._anon.get(key, 0) + count
+            while ok and self._visits:
+                batch = [self._visits.popleft() for _ in range(min(self.batch_size, len(self._visits)))]
+                visits = [w for w in batch if isinstance(w, SessionWrite)]
+                updates = [w for w in batch if isinstance(w, ConsentUpdate)]
+                try:
+                    if visits:
+                        await session_store.write_visits(self.pool, visits)
+                    for update in updates:
+                        await session_store.update_consent(self.pool, update.tenant_id, update.session_id,
+                                                           update.consent, update.at)
+                except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                    ok = False
+                    self._storage_failed("visits", err)
+                    room = self.max_queue - len(self._visits)
+                    keep = batch[:max(room, 0)]
+                    self._visits.extendleft(reversed(keep))
+                    if len(keep) < len(batch):
+                        self.metrics.lost_writes.labels(kind="visit").inc(len(batch) - len(keep))
+            self.metrics.write_queue.set(len(self._visits))
+            if ok:
+                self.healthy = True
+            return ok
+
+    def _storage_failed(self, op: str, err: BaseException) -> None:
+        self.healthy = False
+        self.metrics.storage_errors.labels(op=op).inc()
+        log.warning("storage write failed (%s): %s; will retry", op, type(err).__name__)
+
+    async def close(self) -> None:
+        """Stop the loop and make a last attempt to write what is queued; what cannot be written is counted."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+        if self._visits:
+            self.metrics.lost_writes.labels(kind="visit").inc(len(self._visits))
+            log.error("%d page-view writes could not be stored before shutdown", len(self._visits))
+            self._visits.clear()
+        if self._anon:
+            self.metrics.lost_writes.labels(kind="anon").inc(sum(self._anon.values()))
+            self._anon.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class VisitTracker:
+    """Per-request tracking decisions. Synchronous and cheap: no I/O happens here."""
+
+    def __init__(self, keys: KeyRing, writer: VisitWriter, metrics: Metrics, reserved_prefix: str,
+                 clock: Clock = utc_now):
+        self.keys = keys
+        self.writer = writer
+        self.metrics = metrics
+        self.reserved_prefix = reserved_prefix
+        self.clock = clock
+        self._policies: dict[str, tuple[object, ConsentPolicy]] = {}
+        self._recent: OrderedDict[tuple[str, UUID], tuple[str, float]] = OrderedDict()
+
+    def policy(self, tenant: Tenant) -> ConsentPolicy:
+        cached = self._policies.get(tenant.id)
+        if cached is not None and cached[0] is tenant.consent:
+            return cached[1]
+        policy = ConsentPolicy(
+            unknown=tenant.consent.unknown == "granted",
+            onetrust_analytics_groups=tenant.consent.onetrust_analytics_groups,
+            onetrust_marketing_groups=tenant.consent.onetrust_marketing_groups,
+        )
+        self._policies[tenant.id] = (tenant.consent, policy)
+        return policy
+
+    def observe(self, request: web.Request, tenant: Tenant, client_ip: str | None, https: bool) -> list[str]:
+        """The Set-Cookie values for this response (empty when nothing is to be set)."""
+        headers = request.headers
+        reason = skip_reason(request.method, request.path, headers, self.reserved_prefix)
+        if reason is not None:
+            self.metrics.skipped.labels(tenant=tenant.id, reason=reason).inc()
+            return []
+        cookies = request.cookies
+        consent = parse_consent(cookies, headers, self.policy(tenant))
+        cookie_name = tenant.cookie.name
+        raw_cookie = cookies.get(cookie_name)
+        opened = self.keys.open_session_state(tenant.id, raw_cookie) if raw_cookie is not None else None
+        query = request.query if request.query_string else _EMPTY_QUERY
+        referer = headers.get("Referer")
+
+        if not (consent.analytics or consent.marketing):
+            self._anonymous(request, tenant, query, referer, consent)
+            return [self._expire(tenant, https)] if raw_cookie is not None else []
+
+        state = consent_bits(consent)
+        campaign_data = has_campaign_data(query)
+        referrer = None
+        if referer is not None and not _same_origin(referer, request.host):
+            referrer = parse_referrer(referer, request.host, tenant.hosts)
+            campaign_data = campaign_data or referrer is not None
+        now = None
+        set_cookies: list[str] = []
+        if opened is not None and not campaign_data:
+            # The fast path: a returning visitor with nothing new. No parse beyond this, no database.
+            session_id, old_state = opened
+            if old_state != state:
+                now = self.clock()
+                self.writer.submit(ConsentUpdate(tenant.id, session_id, consent, now))
+                set_cookies.append(self._cookie(tenant, self.keys.seal_session(tenant.id, session_id, state), https))
+            self.metrics.visit(tenant.id, consent.state, "Direct")
+            if consent.marketing and "_fbp" not in cookies:
+                set_cookies.append(self._fbp_cookie(https, now or self.clock()))
+            return set_cookies
+
+        now = self.clock()
+        campaign = parse_campaign(query)
+        touch = touch_for_visit(campaign=campaign, referrer=referrer, landing_path=request.path, now=now)
+        is_new = opened is None
+        if is_new:
+            session_id = self.keys.new_session_id()
+            self.metrics.sessions_created.labels(tenant=tenant.id).inc()
+        else:
+            session_id = opened[0]
+            if self._repeat(tenant.id, session_id, touch, now):
+                self.metrics.visit(tenant.id, consent.state, touch.channel)
+                return set_cookies
+        self._remember(tenant.id, session_id, touch, now)
+        if is_new or opened[1] != state:
+            set_cookies.append(self._cookie(tenant, self.keys.seal_session(tenant.id, session_id, state), https))
+
+        fbp = fbc = None
+        ip_enc = ua_enc = None
+        user_agent = headers.get("User-Agent")
+        if consent.marketing:
+            fbp = cookies.get("_fbp")
+            if not fbp:
+                fbp = _new_fbp(now)
+                set_cookies.append(self._fbp_cookie(https, now, fbp))
+            fbc = cookies.get("_fbc")
+            fbclid = campaign.click_id_map.get("fbclid")
+            if fbclid and (not fbc or fbc.rsplit(".", 1)[-1] != fbclid):
+                fbc = f"fb.1.{int(now.timestamp() * 1000)}.{fbclid}"
+                set_cookies.append(_cookie_header("_fbc", fbc, FBC_MAX_AGE, https, http_only=False))
+            if client_ip:
+                ip_enc = self.keys.encrypt(tenant.id, "sessions", "ip_enc", client_ip)
+            if user_agent:
+                ua_enc = self.keys.encrypt(tenant.id, "sessions", "user_agent_enc", user_agent[:512])
+        write = SessionWrite(
+            tenant_id=tenant.id, session_id=session_id, is_new=is_new, touch=touch,
+            device=parse_device(user_agent), geo=geo_from_headers(headers), consent=consent,
+            ip_hash=self.keys.hash_ip(tenant.id, client_ip) if client_ip else None,
+            ip_enc=ip_enc, user_agent_enc=ua_enc, fbp=fbp, fbc=fbc, at=now,
+        )
+        self.writer.submit(write)
+        if not is_new:
+            self.metrics.touches.labels(tenant=tenant.id).inc()
+        self.metrics.visit(tenant.id, consent.state, touch.channel)
+        return set_cookies
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _anonymous(self, request: web.Request, tenant: Tenant, query, referer: str | None,  # type: ignore[no-untyped-def]
+                   consent: Consent) -> None:
+        now = self.clock()
+        referrer = parse_referrer(referer, request.host, tenant.hosts) if referer else None
+        touch = touch_for_visit(campaign=parse_campaign(query), referrer=referrer, landing_path=request.path, now=now)
+        self.writer.count_anon(AnonEvent(
+            tenant_id=tenant.id, day=now.date(), utm_source=touch.source, utm_medium=touch.medium,
+            utm_campaign=touch.campaign, referrer_domain=touch.referrer_domain,
+            path=touch.landing_path[:ANON_PATH_MAX], channel=touch.channel,
+        ))
+        self.metrics.visit(tenant.id, consent.state, touch.channel)
+
+    def _repeat(self, tenant_id: str, session_id: UUID, touch: Touch, now: datetime) -> bool:
+        """A reload of the same campaign landing within 30 minutes in this process is not a new touch."""
+        seen = self._recent.get((tenant_id, session_id))
+        return (seen is not None and seen[0] == campaign_fingerprint(touch)
+                and now.timestamp() - seen[1] < REPEAT_SECONDS)
+
+    def _remember(self, tenant_id: str, session_id: UUID, touch: Touch, now: datetime) -> None:
+        key = (tenant_id, session_id)
+        self._recent[key] = (campaign_fingerprint(touch), now.timestamp())
+        self._recent.move_to_end(key)
+        if len(self._recent) > RECENT_TOUCHES:
+            self._recent.popitem(last=False)
+
+    def _cookie(self, tenant: Tenant, value: str, https: bool) -> str:
+        c = tenant.cookie
+        return _cookie_header(c.name, value, c.max_age_days * 86400, https, domain=c.domain)
+
+    def _expire(self, tenant: Tenant, https: bool) -> str:
+        return _cookie_header(tenant.cookie.name, "", 0, https, domain=tenant.cookie.domain)
+
+    def _fbp_cookie(self, https: bool, now: datetime, value: str | None = None) -> str:
+        return _cookie_header("_fbp", value or _new_fbp(now), FBP_MAX_AGE, https, http_only=False)
+
+
+def _new_fbp(now: datetime) -> str:
+    return f"fb.1.{int(now.timestamp() * 1000)}.{secrets.randbelow(9_000_000_000) + 1_000_000_000}"
+
+
+def _cookie_header(name: str, value: str, max_age: int, https: bool, *, domain: str | None = None,
+                   http_only: bool = True) -> str:
+    parts = [f"{name}={value}", f"Max-Age={max_age}", "Path=/", "SameSite=Lax"]
+    if domain:
+        parts.append(f"Domain={domain}")
+    if http_only:
+        parts.append("HttpOnly")
+    if https:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def _same_origin(referer: str, host: str) -> bool:
+    """Cheap pre-check for internal navigation: the Referer's authority is the request's Host."""
+    start = referer.find("://")
+    if start == -1:
+        return False
+    rest = referer[start + 3:]
+    return rest.startswith(host) and rest[len(host):len(host) + 1] in ("", "/", "?", "#")
