@@ -94,3 +94,59 @@ class Touch:
     @property
     def click_id_map(self) -> dict[str, str]:
         return dict(self.click_ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversions (leads and orders).
+
+CONVERSION_KINDS: tuple[str, ...] = ("lead", "order")
+MATCH_TYPES: tuple[str, ...] = ("session", "email", "phone", "none")
+CONVERSION_SOURCES: tuple[str, ...] = ("form", "api", "shopify", "stripe")
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionInput:
+    """A lead or an order as received, validated and normalised, before matching and storage.
+
+    `external_id` is the sender's idempotency key (`event_id` of a lead, `order_id` of an order, the Shopify
+    webhook id or the Stripe event id). `session_ref` is the raw session reference from the body (a `_halo`
+    cookie value or the id `HaloTrack.getSessionId()` returned). `email` is trimmed and lowercased; `phone` is
+    E.164. `value` is a decimal string so no float rounding touches money.
+    """
+
+    kind: str
+    source: str
+    external_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    message: str | None = None
+    form_type: str | None = None
+    value: str | None = None
+    currency: str | None = None
+    session_ref: str | None = None
+    consent_marketing: bool | None = None
+    fields: dict | None = None
+    items: list | None = None
+    city: str | None = None
+    region: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+    event_source_url: str | None = None
+    ga_client_id: str | None = None
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """What a conversion is credited to: the matched session's touches within the lookback window."""
+
+    match_type: str = "none"
+    session_id: str | None = None
+    first_touch: Touch | None = None
+    last_touch: Touch | None = None
+    days_to_convert: int | None = None
+    click_ids: tuple[tuple[str, str], ...] = ()
+    touches: tuple[Touch, ...] = ()
