@@ -29,7 +29,7 @@ _SCRUB_RULES = (
     (re.compile(r"[^\s@\"']+@[^\s@\"']+"), "<email>"),
     (re.compile(r"\b[0-9a-fA-F]{32,}\b"), "<hex>"),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>"),
-    (re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{0,4}\b"), "<ip>"),
+    (re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])"), "<ip>"),
     (re.compile(r"\+?\d[\d\s().-]{6,}\d"), "<number>"),
     (re.compile(r"https?://\S+"), "<url>"),
     (re.compile(r"(?i)(access_token|api_secret|token|secret)=\S+"), r"\1=<redacted>"),
