@@ -6,6 +6,7 @@ another try; any other status is a request the platform will refuse again.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
@@ -20,6 +21,8 @@ __all__ = ["MAX_RESPONSE_BYTES", "http_result", "parse_json", "post_json", "retr
 
 # Platform answers are small; a larger body is cut, which at worst makes the answer unparseable.
 MAX_RESPONSE_BYTES = 256 * 1024
+# aiohttp sends larger bodies from a file-like object so writing them never blocks the loop.
+_LARGE_BODY_BYTES = 1 << 20
 # A Retry-After beyond this is treated as this (a day): a misbehaving header must not park a row for years.
 MAX_RETRY_AFTER_S = 86_400.0
 
@@ -118,12 +121,14 @@ async def post_json(
     become ``retry``; their detail names only the error type, never the URL (which may carry a token).
     """
     method, url, headers, body = request
+    raw = orjson.dumps(body)
+    data: bytes | io.BytesIO = io.BytesIO(raw) if len(raw) > _LARGE_BODY_BYTES else raw
     try:
         async with session.request(
             method,
             url,
             headers=headers,
-            data=orjson.dumps(body),
+            data=data,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as response:

@@ -148,7 +148,8 @@ class FakePlatform:
     name = "platform"
 
     def __init__(self) -> None:
-        self.app = web.Application()
+        # Full batches (1,000 Meta events, 2,000 Data Manager events) exceed aiohttp's 1 MiB default.
+        self.app = web.Application(client_max_size=32 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self.app.on_shutdown.append(self._on_shutdown)
         self.exchanges: list[Exchange] = []
