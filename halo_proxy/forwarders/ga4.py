@@ -92,8 +92,11 @@ def client_id_for(event: ForwardEvent) -> str:
 
 
 def user_data(event: ForwardEvent) -> dict[str, Any]:
-    """GA4 user-provided data: email (Google rules) and phone (E.164 with +), SHA-256 hex."""
+    """GA4 user-provided data: email (Google rules) and phone (E.164 with +), SHA-256 hex; none when the
+    visitor denied ad_user_data."""
     out: dict[str, Any] = {}
+    if event.ad_user_data is False:
+        return out
     email = n.hashed(n.google_email, event.email)
     if email:
         out["sha256_email_address"] = [email]

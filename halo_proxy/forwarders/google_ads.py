@@ -15,6 +15,8 @@ Decisions:
 - One ad identifier per event, in the order gclid, wbraid, gbraid: Google refuses gbraid with wbraid, and
   whether gclid may be combined with a braid is not documented.
 - ``transactionId`` is the order id, else the event id (stable across retries).
+- A visitor who denied ``ad_user_data`` gets no hashed email or phone in the request (GA4 likewise), only the
+  click id and the consent saying so.
 - Errors: ``RESOURCE_EXHAUSTED``, ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INTERNAL`` (and any 5xx / 408 / 429)
   -> retry; ``INVALID_ARGUMENT``, ``PERMISSION_DENIED``, ``UNAUTHENTICATED``, ``NOT_FOUND`` and other 4xx ->
   permanent. The reason is ``google_<status>``; a RetryInfo ``retryDelay`` or a Retry-After header is the floor.
@@ -65,8 +67,13 @@ def ad_identifiers(event: ForwardEvent) -> dict[str, str]:
 
 
 def user_identifiers(event: ForwardEvent) -> list[dict[str, str]]:
-    """``[{"emailAddress": hex}, {"phoneNumber": hex}]`` for what is known; each entry holds one identifier."""
-    out = []
+    """``[{"emailAddress": hex}, {"phoneNumber": hex}]`` for what is known; each entry holds one identifier.
+
+    Empty when the visitor denied ad_user_data: identifiers they refused to share are not sent at all.
+    """
+    out: list[dict[str, str]] = []
+    if event.ad_user_data is False:
+        return out
     email = n.hashed(n.google_email, event.email)
     if email:
         out.append({"emailAddress": email})

@@ -203,3 +203,9 @@ async def test_payloads_are_accepted_by_the_fake(aiohttp_server, session, make_e
     assert len(fake.accepted) == 2
     assert len(fake.events) == 26
     assert orjson.dumps(fake.accepted[1].body).count(b"sess") == 0
+
+
+def test_denied_ad_user_data_sends_no_user_data(make_event):
+    body = ga4.build_request(SETTINGS, [make_event(ad_user_data=False)])[3]
+    assert "user_data" not in body
+    assert body["consent"]["ad_user_data"] == "DENIED"

@@ -171,3 +171,11 @@ async def test_payloads_are_accepted_by_the_fake(aiohttp_server, session, make_e
     assert result.outcome == "ok", result
     assert fake.rejected == []
     assert [e["transactionId"] for e in fake.events] == ["ORD-1001", "e2", "ORD-3", "e4"]
+
+
+def test_denied_ad_user_data_sends_no_identifiers(make_event, now):
+    event = make_event(ad_user_data=False)
+    payload = google_ads.event_payload(event)
+    assert "userData" not in payload
+    assert payload["consent"]["adUserData"] == "CONSENT_DENIED"
+    assert google_ads.check(make_event(ad_user_data=False, gclid=None), now).reason == "no_identifiers"
