@@ -359,7 +359,7 @@ def _check_json(field: str, value: Any, depth: int) -> None:
             raise _invalid(field, f"{field} holds a NUL character")
         _encodable(field, value)
         return
-    if depth >= FIELDS_MAX_DEPTH:
+    if depth > FIELDS_MAX_DEPTH:
         raise _invalid(field, f"{field} is nested more than {FIELDS_MAX_DEPTH} levels deep")
     if isinstance(value, Mapping):
         if len(value) > FIELDS_MAX_KEYS:
