@@ -16,14 +16,32 @@ def takes(bucket, key, times):
     "rate, burst, times, expected",
     [
         pytest.param(1, 3, [0, 0, 0, 0], [(True, 0.0)] * 3 + [(False, 1.0)], id="burst-then-refused"),
-        pytest.param(1, 3, [0, 0, 0, 0, 1], [(True, 0.0)] * 3 + [(False, 1.0), (True, 0.0)], id="one-token-per-second"),
-        pytest.param(2, 1, [0, 0, 0.25, 0.5], [(True, 0.0), (False, 0.5), (False, 0.25), (True, 0.0)],
-                     id="retry-after-shrinks-as-tokens-refill"),
+        pytest.param(
+            1, 3, [0, 0, 0, 0, 1], [(True, 0.0)] * 3 + [(False, 1.0), (True, 0.0)], id="one-token-per-second"
+        ),
+        pytest.param(
+            2,
+            1,
+            [0, 0, 0.25, 0.5],
+            [(True, 0.0), (False, 0.5), (False, 0.25), (True, 0.0)],
+            id="retry-after-shrinks-as-tokens-refill",
+        ),
         pytest.param(10, 5, [0] * 5 + [0], [(True, 0.0)] * 5 + [(False, 0.1)], id="fast-rate"),
-        pytest.param(1, 2, [0, 0, 100, 100, 100], [(True, 0.0)] * 2 + [(True, 0.0)] * 2 + [(False, 1.0)],
-                     id="refill-caps-at-burst"),
+        pytest.param(
+            1,
+            2,
+            [0, 0, 100, 100, 100],
+            [(True, 0.0)] * 2 + [(True, 0.0)] * 2 + [(False, 1.0)],
+            id="refill-caps-at-burst",
+        ),
         pytest.param(0.5, 1, [0, 1], [(True, 0.0), (False, 1.0)], id="slow-rate"),
-        pytest.param(1, 1, [10, 9, 9.5], [(True, 0.0), (False, 1.0), (False, 1.0)], id="clock-stepping-back-refills-nothing"),
+        pytest.param(
+            1,
+            1,
+            [10, 9, 9.5],
+            [(True, 0.0), (False, 1.0), (False, 1.0)],
+            id="clock-stepping-back-refills-nothing",
+        ),
     ],
 )
 def test_take(rate, burst, times, expected):
@@ -56,8 +74,15 @@ def test_cost_out_of_range(cost):
 
 @pytest.mark.parametrize(
     "rate, burst, max_keys",
-    [(0, 1, 10), (-1, 1, 10), (float("inf"), 1, 10), (float("nan"), 1, 10), (1, 0.5, 10), (1, float("inf"), 10),
-     (1, 1, 0)],
+    [
+        (0, 1, 10),
+        (-1, 1, 10),
+        (float("inf"), 1, 10),
+        (float("nan"), 1, 10),
+        (1, 0.5, 10),
+        (1, float("inf"), 10),
+        (1, 1, 0),
+    ],
 )
 def test_bad_settings(rate, burst, max_keys):
     with pytest.raises(ValueError):

@@ -59,7 +59,24 @@ STRIPE_CONVERSION_TYPES = frozenset({"checkout.session.completed"})
 # Stripe amounts are integers in the currency's minor unit. Most currencies have two decimals; these differ.
 # (ISK, HUF and TWD keep two decimals in Stripe's API even though only whole units can be charged.)
 STRIPE_ZERO_DECIMAL = frozenset(
-    {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+    {
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "JPY",
+        "KMF",
+        "KRW",
+        "MGA",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    }
 )
 STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 
@@ -261,7 +278,9 @@ def parse_shopify_order(
     comes from the cart / note attribute ``halo_session_id``; without it the route matches by email and phone.
     """
     if topic is not None and topic not in SHOPIFY_ORDER_TOPICS:
-        return AdapterResult(ignored=f"topic {_str(topic, 64)} is not an order conversion", topic=_str(topic, 64))
+        return AdapterResult(
+            ignored=f"topic {_str(topic, 64)} is not an order conversion", topic=_str(topic, 64)
+        )
     if not isinstance(order, Mapping):
         raise InputError("invalid_field", "the body must be a Shopify order object", None)
 
@@ -381,7 +400,9 @@ def parse_stripe_event(
         raise InputError("missing_field", "the Checkout Session has no id", "data.object.id")
     if session.get("mode") == "setup":
         return AdapterResult(
-            ignored="a Checkout Session in setup mode takes no payment", delivery_id=event_id, topic=event_type
+            ignored="a Checkout Session in setup mode takes no payment",
+            delivery_id=event_id,
+            topic=event_type,
         )
 
     currency = _currency(session.get("currency"), default_currency)
@@ -389,9 +410,7 @@ def parse_stripe_event(
     value = None
     if amount is not None:
         if isinstance(amount, bool) or not isinstance(amount, int):
-            raise InputError(
-                "invalid_field", "amount_total must be an integer", "data.object.amount_total"
-            )
+            raise InputError("invalid_field", "amount_total must be an integer", "data.object.amount_total")
         exponent = minor_unit_exponent(currency or "")
         value = canonical_money(Decimal(amount).scaleb(-exponent), "data.object.amount_total")
 
@@ -432,4 +451,3 @@ def parse_stripe_event(
         occurred_at=_unix_time(event.get("created"), now) or _unix_time(session.get("created"), now),
     )
     return AdapterResult(conversion=conversion, delivery_id=event_id, topic=event_type)
-

@@ -431,9 +431,7 @@ def _check_keys(data: Mapping, allowed: frozenset[str]) -> None:
     if unknown:
         name = unknown[0]
         shown = name if len(name) <= 64 and not _CONTROL.search(name) else "(unprintable)"
-        raise InputError(
-            "unknown_field", f"unknown field {shown}; put extra data in fields", shown
-        )
+        raise InputError("unknown_field", f"unknown field {shown}; put extra data in fields", shown)
 
 
 def _require_object(data: object) -> Mapping:

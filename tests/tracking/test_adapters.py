@@ -209,7 +209,12 @@ def test_shopify_documented_example():
     "changes, drop, expected",
     [
         pytest.param(
-            {"note_attributes": [{"name": "gift", "value": "no"}, {"name": "halo_session_id", "value": SESSION}]},
+            {
+                "note_attributes": [
+                    {"name": "gift", "value": "no"},
+                    {"name": "halo_session_id", "value": SESSION},
+                ]
+            },
             (),
             {"session_ref": SESSION},
             id="session-from-note-attribute",
@@ -242,13 +247,20 @@ def test_shopify_documented_example():
             id="empty-session-attribute",
         ),
         pytest.param(
-            {"note_attributes": "halo_session_id=x"}, (), {"session_ref": None}, id="malformed-note-attributes"
+            {"note_attributes": "halo_session_id=x"},
+            (),
+            {"session_ref": None},
+            id="malformed-note-attributes",
         ),
         pytest.param(
             {"phone": "+420 601 234 567"}, (), {"phone": "+420601234567"}, id="order-phone-international"
         ),
         pytest.param(
-            {"customer.phone": "601 234 567", "billing_address.country_code": "CZ", "shipping_address.country_code": "CZ"},
+            {
+                "customer.phone": "601 234 567",
+                "billing_address.country_code": "CZ",
+                "shipping_address.country_code": "CZ",
+            },
             (),
             {"phone": "+420601234567", "country": "CZ"},
             id="customer-phone-read-in-billing-country",
@@ -283,9 +295,7 @@ def test_shopify_documented_example():
             {"email": None},
             id="invalid-email-dropped",
         ),
-        pytest.param(
-            {"email": " Jon@DOE.ca "}, (), {"email": "jon@doe.ca"}, id="email-normalised"
-        ),
+        pytest.param({"email": " Jon@DOE.ca "}, (), {"email": "jon@doe.ca"}, id="email-normalised"),
         pytest.param(
             {},
             ("customer",),
@@ -299,10 +309,16 @@ def test_shopify_documented_example():
             id="address-falls-back-to-shipping",
         ),
         pytest.param(
-            {"total_price": "1500", "currency": "JPY"}, (), {"value": "1500", "currency": "JPY"}, id="zero-decimal-jpy"
+            {"total_price": "1500", "currency": "JPY"},
+            (),
+            {"value": "1500", "currency": "JPY"},
+            id="zero-decimal-jpy",
         ),
         pytest.param(
-            {"total_price": "12.345", "currency": "KWD"}, (), {"value": "12.345", "currency": "KWD"}, id="three-decimal-kwd"
+            {"total_price": "12.345", "currency": "KWD"},
+            (),
+            {"value": "12.345", "currency": "KWD"},
+            id="three-decimal-kwd",
         ),
         pytest.param({"currency": None}, (), {"currency": "CZK"}, id="missing-currency-tenant-default"),
         pytest.param(
@@ -312,7 +328,10 @@ def test_shopify_documented_example():
             id="id-from-graphql-gid",
         ),
         pytest.param(
-            {"buyer_accepts_marketing": None, "customer.email_marketing_consent": {"state": "not_subscribed"}},
+            {
+                "buyer_accepts_marketing": None,
+                "customer.email_marketing_consent": {"state": "not_subscribed"},
+            },
             (),
             {"consent_marketing": False},
             id="consent-from-customer-email-marketing",
@@ -350,7 +369,9 @@ def test_shopify_order_topics(topic):
     assert shopify(topic=topic).conversion.external_id == "820982911946154508"
 
 
-@pytest.mark.parametrize("topic", ["orders/updated", "orders/cancelled", "customers/create", "checkouts/create"])
+@pytest.mark.parametrize(
+    "topic", ["orders/updated", "orders/cancelled", "customers/create", "checkouts/create"]
+)
 def test_shopify_other_topics_ignored(topic):
     result = shopify(topic=topic)
     assert result.conversion is None and not result.is_conversion
@@ -361,7 +382,13 @@ def test_shopify_other_topics_ignored(topic):
     "changes, drop, code, field",
     [
         pytest.param({}, ("id", "admin_graphql_api_id"), "missing_field", "id", id="no-id"),
-        pytest.param({"id": None, "admin_graphql_api_id": "gid://shopify/Customer/1"}, (), "missing_field", "id", id="gid-of-other-kind"),
+        pytest.param(
+            {"id": None, "admin_graphql_api_id": "gid://shopify/Customer/1"},
+            (),
+            "missing_field",
+            "id",
+            id="gid-of-other-kind",
+        ),
         pytest.param({}, ("total_price",), "missing_field", "total_price", id="no-total-price"),
         pytest.param({"total_price": "abc"}, (), "invalid_field", "total_price", id="total-price-text"),
         pytest.param({"total_price": "-5.00"}, (), "invalid_field", "total_price", id="total-price-negative"),
@@ -480,28 +507,74 @@ def stripe(changes=None, *, event_changes=None, region="CZ", currency="CZK"):
 
 def test_stripe_documented_event():
     assert stripe() == AdapterResult(
-        conversion=STRIPE_EXPECTED, delivery_id="evt_1PVwcnR8QWoDuPnP0eRk39Wn", topic="checkout.session.completed"
+        conversion=STRIPE_EXPECTED,
+        delivery_id="evt_1PVwcnR8QWoDuPnP0eRk39Wn",
+        topic="checkout.session.completed",
     )
 
 
 @pytest.mark.parametrize(
     "changes, expected",
     [
-        pytest.param({"amount_total": 500, "currency": "jpy"}, {"value": "500", "currency": "JPY"}, id="zero-decimal-jpy"),
-        pytest.param({"amount_total": 12000, "currency": "krw"}, {"value": "12000", "currency": "KRW"}, id="zero-decimal-krw"),
-        pytest.param({"amount_total": 5120, "currency": "bhd"}, {"value": "5.12", "currency": "BHD"}, id="three-decimal-bhd"),
-        pytest.param({"amount_total": 12345, "currency": "kwd"}, {"value": "12.345", "currency": "KWD"}, id="three-decimal-kwd"),
-        pytest.param({"amount_total": 1000, "currency": "jod"}, {"value": "1", "currency": "JOD"}, id="three-decimal-jod"),
-        pytest.param({"amount_total": 7, "currency": "omr"}, {"value": "0.007", "currency": "OMR"}, id="three-decimal-omr"),
-        pytest.param({"amount_total": 2500, "currency": "tnd"}, {"value": "2.5", "currency": "TND"}, id="three-decimal-tnd"),
-        pytest.param({"amount_total": 50000, "currency": "isk"}, {"value": "500", "currency": "ISK"}, id="isk-two-decimal-in-stripe"),
-        pytest.param({"amount_total": 264900, "currency": "czk"}, {"value": "2649", "currency": "CZK"}, id="two-decimal-czk"),
-        pytest.param({"amount_total": 1999, "currency": "eur"}, {"value": "19.99", "currency": "EUR"}, id="two-decimal-eur"),
+        pytest.param(
+            {"amount_total": 500, "currency": "jpy"},
+            {"value": "500", "currency": "JPY"},
+            id="zero-decimal-jpy",
+        ),
+        pytest.param(
+            {"amount_total": 12000, "currency": "krw"},
+            {"value": "12000", "currency": "KRW"},
+            id="zero-decimal-krw",
+        ),
+        pytest.param(
+            {"amount_total": 5120, "currency": "bhd"},
+            {"value": "5.12", "currency": "BHD"},
+            id="three-decimal-bhd",
+        ),
+        pytest.param(
+            {"amount_total": 12345, "currency": "kwd"},
+            {"value": "12.345", "currency": "KWD"},
+            id="three-decimal-kwd",
+        ),
+        pytest.param(
+            {"amount_total": 1000, "currency": "jod"},
+            {"value": "1", "currency": "JOD"},
+            id="three-decimal-jod",
+        ),
+        pytest.param(
+            {"amount_total": 7, "currency": "omr"},
+            {"value": "0.007", "currency": "OMR"},
+            id="three-decimal-omr",
+        ),
+        pytest.param(
+            {"amount_total": 2500, "currency": "tnd"},
+            {"value": "2.5", "currency": "TND"},
+            id="three-decimal-tnd",
+        ),
+        pytest.param(
+            {"amount_total": 50000, "currency": "isk"},
+            {"value": "500", "currency": "ISK"},
+            id="isk-two-decimal-in-stripe",
+        ),
+        pytest.param(
+            {"amount_total": 264900, "currency": "czk"},
+            {"value": "2649", "currency": "CZK"},
+            id="two-decimal-czk",
+        ),
+        pytest.param(
+            {"amount_total": 1999, "currency": "eur"},
+            {"value": "19.99", "currency": "EUR"},
+            id="two-decimal-eur",
+        ),
         pytest.param({"amount_total": 0}, {"value": "0"}, id="free"),
         pytest.param({"amount_total": None}, {"value": None}, id="no-amount"),
         pytest.param({"currency": None}, {"currency": "CZK"}, id="missing-currency-tenant-default"),
-        pytest.param({"client_reference_id": SESSION}, {"session_ref": SESSION}, id="session-from-client-reference-id"),
-        pytest.param({"metadata": {"halo_session_id": SESSION}}, {"session_ref": SESSION}, id="session-from-metadata"),
+        pytest.param(
+            {"client_reference_id": SESSION}, {"session_ref": SESSION}, id="session-from-client-reference-id"
+        ),
+        pytest.param(
+            {"metadata": {"halo_session_id": SESSION}}, {"session_ref": SESSION}, id="session-from-metadata"
+        ),
         pytest.param(
             {"metadata": {"halo_session_id": SESSION}, "client_reference_id": "cart-991"},
             {"session_ref": SESSION},
@@ -535,11 +608,27 @@ def test_stripe_documented_event():
             id="phone-tenant-region-without-address",
         ),
         pytest.param({"customer_details.phone": "12"}, {"phone": None}, id="invalid-phone-dropped"),
-        pytest.param({"customer_details": None}, {
-            "email": None, "phone": None, "name": None, "city": None, "region": None, "postal_code": None, "country": None,
-        }, id="no-customer-details"),
-        pytest.param({"consent": {"promotions": "opt_in", "terms_of_service": "accepted"}}, {"consent_marketing": True}, id="consent-opt-in"),
-        pytest.param({"consent": {"promotions": "opt_out"}}, {"consent_marketing": False}, id="consent-opt-out"),
+        pytest.param(
+            {"customer_details": None},
+            {
+                "email": None,
+                "phone": None,
+                "name": None,
+                "city": None,
+                "region": None,
+                "postal_code": None,
+                "country": None,
+            },
+            id="no-customer-details",
+        ),
+        pytest.param(
+            {"consent": {"promotions": "opt_in", "terms_of_service": "accepted"}},
+            {"consent_marketing": True},
+            id="consent-opt-in",
+        ),
+        pytest.param(
+            {"consent": {"promotions": "opt_out"}}, {"consent_marketing": False}, id="consent-opt-out"
+        ),
         pytest.param(
             {"payment_status": "unpaid"},
             {"fields": {"payment_status": "unpaid", "mode": "payment", "livemode": False}},
@@ -561,9 +650,15 @@ def test_stripe_variations(changes, expected):
 @pytest.mark.parametrize(
     "event_changes, expected",
     [
-        pytest.param({"created": None}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="falls-back-to-session-created"),
-        pytest.param({"created": 4102444800}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="future-event-time-dropped"),
-        pytest.param({"created": "1741769700"}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="string-time-dropped"),
+        pytest.param(
+            {"created": None}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="falls-back-to-session-created"
+        ),
+        pytest.param(
+            {"created": 4102444800}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="future-event-time-dropped"
+        ),
+        pytest.param(
+            {"created": "1741769700"}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="string-time-dropped"
+        ),
     ],
 )
 def test_stripe_time(event_changes, expected):
@@ -601,11 +696,21 @@ def test_stripe_setup_mode_ignored():
         pytest.param({}, {"data": {}}, "invalid_field", "data.object", id="no-object"),
         pytest.param({"object": "payment_intent"}, {}, "invalid_field", "data.object", id="wrong-object"),
         pytest.param({"id": None}, {}, "missing_field", "data.object.id", id="no-session-id"),
-        pytest.param({"amount_total": "25000"}, {}, "invalid_field", "data.object.amount_total", id="amount-string"),
-        pytest.param({"amount_total": 250.0}, {}, "invalid_field", "data.object.amount_total", id="amount-float"),
-        pytest.param({"amount_total": True}, {}, "invalid_field", "data.object.amount_total", id="amount-bool"),
-        pytest.param({"amount_total": -100}, {}, "invalid_field", "data.object.amount_total", id="amount-negative"),
-        pytest.param({"amount_total": 10**20}, {}, "invalid_field", "data.object.amount_total", id="amount-huge"),
+        pytest.param(
+            {"amount_total": "25000"}, {}, "invalid_field", "data.object.amount_total", id="amount-string"
+        ),
+        pytest.param(
+            {"amount_total": 250.0}, {}, "invalid_field", "data.object.amount_total", id="amount-float"
+        ),
+        pytest.param(
+            {"amount_total": True}, {}, "invalid_field", "data.object.amount_total", id="amount-bool"
+        ),
+        pytest.param(
+            {"amount_total": -100}, {}, "invalid_field", "data.object.amount_total", id="amount-negative"
+        ),
+        pytest.param(
+            {"amount_total": 10**20}, {}, "invalid_field", "data.object.amount_total", id="amount-huge"
+        ),
     ],
 )
 def test_stripe_invalid(changes, event_changes, code, field):
@@ -622,8 +727,23 @@ def test_stripe_body_not_an_object(body):
 
 @pytest.mark.parametrize(
     "currency, exponent",
-    [("JPY", 0), ("KRW", 0), ("VND", 0), ("XOF", 0), ("BHD", 3), ("KWD", 3), ("JOD", 3), ("OMR", 3), ("TND", 3),
-     ("USD", 2), ("EUR", 2), ("CZK", 2), ("ISK", 2), ("HUF", 2), ("TWD", 2)],
+    [
+        ("JPY", 0),
+        ("KRW", 0),
+        ("VND", 0),
+        ("XOF", 0),
+        ("BHD", 3),
+        ("KWD", 3),
+        ("JOD", 3),
+        ("OMR", 3),
+        ("TND", 3),
+        ("USD", 2),
+        ("EUR", 2),
+        ("CZK", 2),
+        ("ISK", 2),
+        ("HUF", 2),
+        ("TWD", 2),
+    ],
 )
 def test_minor_unit_exponent(currency, exponent):
     assert minor_unit_exponent(currency) == exponent

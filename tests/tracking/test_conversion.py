@@ -78,12 +78,20 @@ def test_seed_lead():
             {"email": "a@b.cz"},
             id="empty-strings-are-absent",
         ),
-        pytest.param({"email": "a@b.cz", "event_id": 12345}, {"email": "a@b.cz", "external_id": "12345"}, id="event-id-number"),
         pytest.param(
-            {"email": "a@b.cz", "event_id": " evt-1 "}, {"email": "a@b.cz", "external_id": "evt-1"}, id="event-id-string"
+            {"email": "a@b.cz", "event_id": 12345},
+            {"email": "a@b.cz", "external_id": "12345"},
+            id="event-id-number",
         ),
         pytest.param(
-            {"email": "a@b.cz", "event_id": "e" * 255}, {"email": "a@b.cz", "external_id": "e" * 255}, id="event-id-255"
+            {"email": "a@b.cz", "event_id": " evt-1 "},
+            {"email": "a@b.cz", "external_id": "evt-1"},
+            id="event-id-string",
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "event_id": "e" * 255},
+            {"email": "a@b.cz", "external_id": "e" * 255},
+            id="event-id-255",
         ),
         pytest.param(
             {"email": "a@b.cz", "consent_marketing": False},
@@ -121,8 +129,14 @@ def test_seed_lead():
             id="name-from-first-and-last",
         ),
         pytest.param(
-            {"email": "a@b.cz", "fields": {"company": "Acme", "budget": 5000, "tags": ["a", "b"], "x": {"y": {"z": 1}}}},
-            {"email": "a@b.cz", "fields": {"company": "Acme", "budget": 5000, "tags": ["a", "b"], "x": {"y": {"z": 1}}}},
+            {
+                "email": "a@b.cz",
+                "fields": {"company": "Acme", "budget": 5000, "tags": ["a", "b"], "x": {"y": {"z": 1}}},
+            },
+            {
+                "email": "a@b.cz",
+                "fields": {"company": "Acme", "budget": 5000, "tags": ["a", "b"], "x": {"y": {"z": 1}}},
+            },
             id="fields-kept-as-is",
         ),
         pytest.param(
@@ -174,35 +188,72 @@ def test_session_known_from_cookie_satisfies_requirement():
         pytest.param({"session_id": "abc\ndef"}, "invalid_field", "session_id", id="session-control-char"),
         pytest.param({"email": "a@b.cz", "value": "abc"}, "invalid_field", "value", id="value-text"),
         pytest.param({"email": "a@b.cz", "value": True}, "invalid_field", "value", id="value-bool"),
-        pytest.param({"email": "a@b.cz", "value": {"amount": 1}}, "invalid_field", "value", id="value-object"),
-        pytest.param({"email": "a@b.cz", "currency": "EURO"}, "invalid_field", "currency", id="currency-4-letters"),
+        pytest.param(
+            {"email": "a@b.cz", "value": {"amount": 1}}, "invalid_field", "value", id="value-object"
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "currency": "EURO"}, "invalid_field", "currency", id="currency-4-letters"
+        ),
         pytest.param({"email": "a@b.cz", "currency": "€"}, "invalid_field", "currency", id="currency-symbol"),
         pytest.param({"email": "a@b.cz", "currency": 978}, "invalid_field", "currency", id="currency-number"),
-        pytest.param({"email": "a@b.cz", "event_id": "e" * 256}, "invalid_field", "event_id", id="event-id-256"),
+        pytest.param(
+            {"email": "a@b.cz", "event_id": "e" * 256}, "invalid_field", "event_id", id="event-id-256"
+        ),
         pytest.param({"email": "a@b.cz", "event_id": 1.5}, "invalid_field", "event_id", id="event-id-float"),
         pytest.param({"email": "a@b.cz", "event_id": True}, "invalid_field", "event_id", id="event-id-bool"),
         pytest.param(
-            {"email": "a@b.cz", "consent_marketing": "yes"}, "invalid_field", "consent_marketing", id="consent-string-in-json"
+            {"email": "a@b.cz", "consent_marketing": "yes"},
+            "invalid_field",
+            "consent_marketing",
+            id="consent-string-in-json",
         ),
-        pytest.param({"email": "a@b.cz", "consent_marketing": 1}, "invalid_field", "consent_marketing", id="consent-int"),
+        pytest.param(
+            {"email": "a@b.cz", "consent_marketing": 1},
+            "invalid_field",
+            "consent_marketing",
+            id="consent-int",
+        ),
         pytest.param({"email": "a@b.cz", "name": 5}, "invalid_field", "name", id="name-number"),
         pytest.param({"email": "a@b.cz", "message": ["hi"]}, "invalid_field", "message", id="message-list"),
-        pytest.param({"email": "a@b.cz", "form_type": {"a": 1}}, "invalid_field", "form_type", id="form-type-object"),
+        pytest.param(
+            {"email": "a@b.cz", "form_type": {"a": 1}}, "invalid_field", "form_type", id="form-type-object"
+        ),
         pytest.param({"email": "a@b.cz", "fields": ["a"]}, "invalid_field", "fields", id="fields-list"),
         pytest.param({"email": "a@b.cz", "fields": "a=b"}, "invalid_field", "fields", id="fields-string"),
         pytest.param(
-            {"email": "a@b.cz", "fields": {f"k{i}": i for i in range(51)}}, "invalid_field", "fields", id="fields-51-keys"
+            {"email": "a@b.cz", "fields": {f"k{i}": i for i in range(51)}},
+            "invalid_field",
+            "fields",
+            id="fields-51-keys",
         ),
-        pytest.param({"email": "a@b.cz", "fields": {"k": "v" * 2001}}, "invalid_field", "fields", id="fields-long-text"),
         pytest.param(
-            {"email": "a@b.cz", "fields": {"a": {"b": {"c": {"d": 1}}}}}, "invalid_field", "fields", id="fields-depth-4"
+            {"email": "a@b.cz", "fields": {"k": "v" * 2001}}, "invalid_field", "fields", id="fields-long-text"
         ),
-        pytest.param({"email": "a@b.cz", "fields": {"a": [[["x"]]]}}, "invalid_field", "fields", id="fields-list-depth-4"),
-        pytest.param({"email": "a@b.cz", "fields": {"k": float("nan")}}, "invalid_field", "fields", id="fields-nan"),
-        pytest.param({"email": "a@b.cz", "fields": {"k": "a\x00b"}}, "invalid_field", "fields", id="fields-nul"),
-        pytest.param({"email": "a@b.cz", "fields": {"k": 2**70}}, "invalid_field", "fields", id="fields-huge-int"),
+        pytest.param(
+            {"email": "a@b.cz", "fields": {"a": {"b": {"c": {"d": 1}}}}},
+            "invalid_field",
+            "fields",
+            id="fields-depth-4",
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "fields": {"a": [[["x"]]]}},
+            "invalid_field",
+            "fields",
+            id="fields-list-depth-4",
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "fields": {"k": float("nan")}}, "invalid_field", "fields", id="fields-nan"
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "fields": {"k": "a\x00b"}}, "invalid_field", "fields", id="fields-nul"
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "fields": {"k": 2**70}}, "invalid_field", "fields", id="fields-huge-int"
+        ),
         pytest.param({"email": "a@b.cz", "name": "\ud800"}, "invalid_field", "name", id="lone-surrogate"),
-        pytest.param({"email": "a@b.cz", "country": "CZE"}, "invalid_field", "country", id="country-3-letters"),
+        pytest.param(
+            {"email": "a@b.cz", "country": "CZE"}, "invalid_field", "country", id="country-3-letters"
+        ),
         pytest.param(
             {"email": "a@b.cz", "event_source_url": "javascript:alert(1)"},
             "invalid_field",
@@ -210,9 +261,17 @@ def test_session_known_from_cookie_satisfies_requirement():
             id="url-scheme",
         ),
         pytest.param({"email": "a@b.cz", "emial": "x"}, "unknown_field", "emial", id="unknown-key"),
-        pytest.param({"email": "a@b.cz", "_redirect": "/thanks"}, "unknown_field", "_redirect", id="form-helper-in-json"),
         pytest.param(
-            {"email": "a@b.cz", "halo_session_id": SESSION}, "unknown_field", "halo_session_id", id="form-session-in-json"
+            {"email": "a@b.cz", "_redirect": "/thanks"},
+            "unknown_field",
+            "_redirect",
+            id="form-helper-in-json",
+        ),
+        pytest.param(
+            {"email": "a@b.cz", "halo_session_id": SESSION},
+            "unknown_field",
+            "halo_session_id",
+            id="form-session-in-json",
         ),
     ],
 )
@@ -272,17 +331,27 @@ def test_body_must_be_an_object():
             {"session_id": "s1", "halo_session_id": "s2"}, {"session_ref": "s2"}, id="halo-session-id-wins"
         ),
         pytest.param({"session_id": "s1"}, {"session_ref": "s1"}, id="session-id-in-form"),
-        pytest.param({"email": "a@b.cz", "value": " 12.50 "}, {"email": "a@b.cz", "value": "12.5", "currency": "CZK"}, id="value-string"),
+        pytest.param(
+            {"email": "a@b.cz", "value": " 12.50 "},
+            {"email": "a@b.cz", "value": "12.5", "currency": "CZK"},
+            id="value-string",
+        ),
         pytest.param({"email": "a@b.cz", "value": ""}, {"email": "a@b.cz"}, id="value-empty"),
         pytest.param({"email": "a@b.cz", "fields": "kept-out"}, {"email": "a@b.cz"}, id="fields-key-ignored"),
     ]
     + [
-        pytest.param({"email": "a@b.cz", "consent_marketing": word}, {"email": "a@b.cz", "consent_marketing": True}, id=f"consent-{word}")
+        pytest.param(
+            {"email": "a@b.cz", "consent_marketing": word},
+            {"email": "a@b.cz", "consent_marketing": True},
+            id=f"consent-{word}",
+        )
         for word in ("on", "true", "1", "yes", "ON", " Yes ")
     ]
     + [
         pytest.param(
-            {"email": "a@b.cz", "consent_marketing": word}, {"email": "a@b.cz", "consent_marketing": False}, id=f"consent-{word}"
+            {"email": "a@b.cz", "consent_marketing": word},
+            {"email": "a@b.cz", "consent_marketing": False},
+            id=f"consent-{word}",
         )
         for word in ("off", "false", "0", "no", "FALSE")
     ]
@@ -295,7 +364,9 @@ def test_valid_form_lead(data, expected):
 @pytest.mark.parametrize(
     "data, field",
     [
-        pytest.param({"email": "a@b.cz", "consent_marketing": "maybe"}, "consent_marketing", id="consent-word"),
+        pytest.param(
+            {"email": "a@b.cz", "consent_marketing": "maybe"}, "consent_marketing", id="consent-word"
+        ),
         pytest.param({"email": "a@b.cz", "value": "12,50"}, "value", id="value-decimal-comma"),
         pytest.param({"email": "a@b.cz", "phone": "abc"}, "phone", id="bad-phone"),
         pytest.param({"email": "a@b.cz", "message": object()}, "message", id="file-upload-as-message"),
@@ -311,7 +382,9 @@ def test_invalid_form_lead(data, field):
 @pytest.mark.parametrize(
     "data, expected",
     [
-        pytest.param({"_redirect": " https://acme.localhost/thanks "}, "https://acme.localhost/thanks", id="url"),
+        pytest.param(
+            {"_redirect": " https://acme.localhost/thanks "}, "https://acme.localhost/thanks", id="url"
+        ),
         pytest.param({"_redirect": "/thanks"}, "/thanks", id="path"),
         pytest.param({}, None, id="absent"),
         pytest.param({"_redirect": ""}, None, id="empty"),
@@ -486,7 +559,12 @@ ITEMS = [
         ),
         pytest.param(
             {"order_id": "C", "value": 1, "occurred_at": "2024-01-01T00:00:00Z"},
-            {"external_id": "C", "value": "1", "currency": "CZK", "occurred_at": datetime(2024, 1, 1, tzinfo=UTC)},
+            {
+                "external_id": "C",
+                "value": "1",
+                "currency": "CZK",
+                "occurred_at": datetime(2024, 1, 1, tzinfo=UTC),
+            },
             id="past-time",
         ),
         pytest.param(
@@ -512,37 +590,75 @@ def test_valid_order(data, expected):
         pytest.param({"order_id": "", "value": 10}, "missing_field", "order_id", id="empty-order-id"),
         pytest.param({"order_id": "A"}, "missing_field", "value", id="no-value"),
         pytest.param({"order_id": "A", "value": None}, "missing_field", "value", id="null-value"),
-        pytest.param({"order_id": "A" * 256, "value": 1}, "invalid_field", "order_id", id="order-id-too-long"),
+        pytest.param(
+            {"order_id": "A" * 256, "value": 1}, "invalid_field", "order_id", id="order-id-too-long"
+        ),
         pytest.param({"order_id": 1.5, "value": 1}, "invalid_field", "order_id", id="order-id-float"),
         pytest.param({"order_id": {"id": 1}, "value": 1}, "invalid_field", "order_id", id="order-id-object"),
         pytest.param({"order_id": "A", "value": -1}, "invalid_field", "value", id="negative-value"),
         pytest.param({"order_id": "A", "value": "abc"}, "invalid_field", "value", id="text-value"),
-        pytest.param({"order_id": "A", "value": 1, "currency": "US"}, "invalid_field", "currency", id="bad-currency"),
+        pytest.param(
+            {"order_id": "A", "value": 1, "currency": "US"}, "invalid_field", "currency", id="bad-currency"
+        ),
         pytest.param({"order_id": "A", "value": 1, "email": "x@"}, "invalid_field", "email", id="bad-email"),
-        pytest.param({"order_id": "A", "value": 1, "phone": "+1 2"}, "invalid_field", "phone", id="bad-phone"),
-        pytest.param({"order_id": "A", "value": 1, "items": {"sku": "x"}}, "invalid_field", "items", id="items-object"),
-        pytest.param({"order_id": "A", "value": 1, "items": ["x"]}, "invalid_field", "items", id="item-not-object"),
         pytest.param(
-            {"order_id": "A", "value": 1, "items": [{"a": {"b": {"c": {}}}}]}, "invalid_field", "items", id="item-too-deep"
+            {"order_id": "A", "value": 1, "phone": "+1 2"}, "invalid_field", "phone", id="bad-phone"
         ),
         pytest.param(
-            {"order_id": "A", "value": 1, "occurred_at": "yesterday"}, "invalid_field", "occurred_at", id="time-text"
+            {"order_id": "A", "value": 1, "items": {"sku": "x"}}, "invalid_field", "items", id="items-object"
         ),
         pytest.param(
-            {"order_id": "A", "value": 1, "occurred_at": "2025-03-12T09:00:00"}, "invalid_field", "occurred_at", id="time-naive"
+            {"order_id": "A", "value": 1, "items": ["x"]}, "invalid_field", "items", id="item-not-object"
         ),
         pytest.param(
-            {"order_id": "A", "value": 1, "occurred_at": 1741770000}, "invalid_field", "occurred_at", id="time-number"
+            {"order_id": "A", "value": 1, "items": [{"a": {"b": {"c": {}}}}]},
+            "invalid_field",
+            "items",
+            id="item-too-deep",
         ),
         pytest.param(
-            {"order_id": "A", "value": 1, "occurred_at": "2025-03-12T10:00:00Z"}, "invalid_field", "occurred_at", id="time-future"
+            {"order_id": "A", "value": 1, "occurred_at": "yesterday"},
+            "invalid_field",
+            "occurred_at",
+            id="time-text",
         ),
         pytest.param(
-            {"order_id": "A", "value": 1, "created_at": "2030-01-01T00:00:00Z"}, "invalid_field", "created_at", id="created-at-future"
+            {"order_id": "A", "value": 1, "occurred_at": "2025-03-12T09:00:00"},
+            "invalid_field",
+            "occurred_at",
+            id="time-naive",
         ),
-        pytest.param({"order_id": "A", "value": 1, "event_id": "x"}, "unknown_field", "event_id", id="lead-key-in-order"),
+        pytest.param(
+            {"order_id": "A", "value": 1, "occurred_at": 1741770000},
+            "invalid_field",
+            "occurred_at",
+            id="time-number",
+        ),
+        pytest.param(
+            {"order_id": "A", "value": 1, "occurred_at": "2025-03-12T10:00:00Z"},
+            "invalid_field",
+            "occurred_at",
+            id="time-future",
+        ),
+        pytest.param(
+            {"order_id": "A", "value": 1, "created_at": "2030-01-01T00:00:00Z"},
+            "invalid_field",
+            "created_at",
+            id="created-at-future",
+        ),
+        pytest.param(
+            {"order_id": "A", "value": 1, "event_id": "x"},
+            "unknown_field",
+            "event_id",
+            id="lead-key-in-order",
+        ),
         pytest.param({"order_id": "A", "value": 1, "total": 5}, "unknown_field", "total", id="unknown-key"),
-        pytest.param({"order_id": "A", "value": 1, "consent_marketing": "on"}, "invalid_field", "consent_marketing", id="consent-word"),
+        pytest.param(
+            {"order_id": "A", "value": 1, "consent_marketing": "on"},
+            "invalid_field",
+            "consent_marketing",
+            id="consent-word",
+        ),
     ],
 )
 def test_invalid_order(data, code, field):
