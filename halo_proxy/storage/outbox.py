@@ -1,0 +1,440 @@
+"""The forwarding outbox: one row per conversion and ad platform, drained by delivery workers.
+
+Rows are written in the conversion's own transaction (`conversions.insert_conversion`), so a committed
+conversion always has its forwards. Workers in any number of processes claim due rows with
+`FOR UPDATE SKIP LOCKED` and lease them (`locked_until`, `locked_by`) instead of holding a lock across the
+platform call; a worker killed mid-send leaves a lease that expires, and the row is claimed again with the same
+`event_id` (delivery is at least once; platforms deduplicate on the event id). Every mark_* call only touches
+rows still pending and leased by the calling worker, so a worker whose lease was taken over cannot overwrite
+the newer claim.
+
+Statuses: ``pending`` (to send, possibly later), ``sent``, ``dead`` (permanent failure or too many attempts:
+the dead letters, requeued by `requeue`), ``skipped`` (consent gate; never sent), ``cancelled`` (erasure).
+
+Plain functions taking a pool (or a connection, to join its transaction) and returning plain dataclasses.
+Times are passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from .db import translate_errors
+
+__all__ = [
+    "FORWARD_STATUSES",
+    "PLATFORMS",
+    "ForwardRow",
+    "ForwardWrite",
+    "cancel_for_conversions",
+    "claim",
+    "count_by_status",
+    "depth",
+    "forwards_for_conversions",
+    "get_forward",
+    "list_forwards",
+    "mark_dead",
+    "mark_retry",
+    "mark_sent",
+    "mark_skipped",
+    "oldest_pending_age",
+    "purge_finished",
+    "requeue",
+]
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+PLATFORMS: tuple[str, ...] = ("meta", "ga4", "google_ads", "tiktok")
+FORWARD_STATUSES: tuple[str, ...] = ("pending", "sent", "dead", "skipped", "cancelled")
+_REQUEUEABLE = ("dead", "pending")
+_FINISHED = ["sent", "dead", "skipped", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardWrite:
+    """One forward to write with its conversion (see `conversions.insert_conversion`).
+
+    `status` is ``pending`` (the default) or ``skipped`` when the consent gate already refused it, with
+    `reason`. `next_attempt_at` defaults to the conversion's `created_at` (due at once).
+    """
+
+    platform: str
+    event_id: str
+    payload_enc: bytes | None
+    status: str = "pending"
+    reason: str | None = None
+    next_attempt_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {PLATFORMS}, not {self.platform!r}")
+        if self.status not in ("pending", "skipped"):
+            raise ValueError(f"a new forward is pending or skipped, not {self.status!r}")
+        if self.status == "pending" and self.payload_enc is None:
+            raise ValueError("a pending forward needs its payload")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRow:
+    id: int
+    tenant_id: str
+    conversion_id: UUID
+    platform: str
+    event_id: str
+    status: str
+    reason: str | None
+    attempts: int  # claims so far, including the current one
+    next_attempt_at: datetime
+    locked_until: datetime | None
+    locked_by: str | None
+    last_error: str | None
+    payload_enc: bytes | None
+    created_at: datetime
+    sent_at: datetime | None
+    updated_at: datetime
+
+
+_COLUMNS = (
+    "id, tenant_id, conversion_id, platform, event_id, status, reason, attempts, next_attempt_at, "
+    "locked_until, locked_by, last_error, payload_enc, created_at, sent_at, updated_at"
+)
+
+
+def _row(record: asyncpg.Record) -> ForwardRow:
+    return ForwardRow(**dict(record))
+
+
+def _ids(ids: int | Sequence[int]) -> list[int]:
+    return [ids] if isinstance(ids, int) else list(ids)
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])
+
+
+def _check_platform(platform: str | None) -> None:
+    if platform is not None and platform not in PLATFORMS:
+        raise ValueError(f"platform must be one of {PLATFORMS}, not {platform!r}")
+
+
+# -- claiming -----------------------------------------------------------------------------------------------------
+
+# $1 now, $2 lease end, $3 worker, $4 limit[, $5 platform]. The inner SELECT walks a pending-only index in
+# claim order; SKIP LOCKED passes over rows another claimer is taking right now, and the lease conditions are
+# re-checked on the latest row version once locked, so a row is never handed to two workers at once.
+_CLAIM = """
+UPDATE forwards f SET locked_until = $2, locked_by = $3, attempts = f.attempts + 1, updated_at = $1
+WHERE f.id IN (
+    SELECT id FROM forwards
+    WHERE status = 'pending' AND next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until < $1)
+          {platform}
+    ORDER BY {order}
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {columns}
+"""
+_CLAIM_ANY = _CLAIM.format(platform="", order="next_attempt_at, id", columns=_COLUMNS)
+_CLAIM_PLATFORM = _CLAIM.format(
+    platform="AND platform = $5", order="platform, next_attempt_at, id", columns=_COLUMNS
+)
+
+
+async def claim(
+    db: Executor,
+    worker_id: str,
+    limit: int,
+    lease_s: float,
+    now: datetime,
+    *,
+    platform: str | None = None,
+) -> list[ForwardRow]:
+    """Lease up to `limit` due pending rows (of one platform when given) to `worker_id` until
+    `now + lease_s`, counting an attempt on each; oldest due first. No lock outlives this call: the lease is
+    the claim. Rows whose lease expired (a killed worker) are due again."""
+    if limit <= 0:
+        return []
+    if lease_s <= 0:
+        raise ValueError("the lease must be positive")
+    _check_platform(platform)
+    until = now + timedelta(seconds=lease_s)
+    with translate_errors():
+        if platform is None:
+            rows = await db.fetch(_CLAIM_ANY, now, until, worker_id, limit)
+        else:
+            rows = await db.fetch(_CLAIM_PLATFORM, now, until, worker_id, limit, platform)
+    return sorted((_row(r) for r in rows), key=lambda r: (r.next_attempt_at, r.id))
+
+
+# -- outcomes -----------------------------------------------------------------------------------------------------
+
+_LEASED = "id = ANY($1::bigint[]) AND status = 'pending' AND locked_by = $2"
+
+
+async def mark_sent(db: Executor, ids: int | Sequence[int], worker_id: str, now: datetime) -> int:
+    """The platform accepted these rows: sent. Only rows still pending and leased by `worker_id` change
+    (an expired lease nobody took over still counts: the send happened). Returns how many changed."""
+    with translate_errors():
+        status = await db.execute(
+            f"""UPDATE forwards SET status = 'sent', sent_at = $3, updated_at = $3,
+                    locked_until = NULL, locked_by = NULL, reason = NULL, last_error = NULL
+                WHERE {_LEASED}""",
+            _ids(ids),
+            worker_id,
+            now,
+        )
+    return _count(status)
+
+
+async def mark_retry(
+    db: Executor,
+    ids: int | Sequence[int],
+    worker_id: str,
+    next_attempt_at: datetime,
+    error: str | None,
+    *,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """A transient failure: release the lease and make the rows due again at `next_attempt_at`, keeping the
+    error (and a short `reason` label) for operators. Returns how many rows changed."""
+    with translate_errors():
+        status = await db.execute(
+            f"""UPDATE forwards SET next_attempt_at = $3, last_error = $4, reason = $5,
+                    locked_until = NULL, locked_by = NULL, updated_at = coalesce($6, now())
+                WHERE {_LEASED}""",
+            _ids(ids),
+            worker_id,
+            next_attempt_at,
+            error,
+            reason,
+            now,
+        )
+    return _count(status)
+
+
+async def _finish(
+    db: Executor,
+    ids: int | Sequence[int],
+    worker_id: str,
+    new_status: str,
+    reason: str,
+    error: str | None,
+    now: datetime | None,
+) -> int:
+    with translate_errors():
+        status = await db.execute(
+            f"""UPDATE forwards SET status = $3, reason = $4, last_error = $5,
+                    locked_until = NULL, locked_by = NULL, updated_at = coalesce($6, now())
+                WHERE {_LEASED}""",
+            _ids(ids),
+            worker_id,
+            new_status,
+            reason,
+            error,
+            now,
+        )
+    return _count(status)
+
+
+async def mark_dead(
+    db: Executor,
+    ids: int | Sequence[int],
+    worker_id: str,
+    reason: str,
+    error: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """A permanent failure (or too many attempts, or too old to send): dead letter with the reason."""
+    return await _finish(db, ids, worker_id, "dead", reason, error, now)
+
+
+async def mark_skipped(
+    db: Executor,
+    ids: int | Sequence[int],
+    worker_id: str,
+    reason: str,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Not to be sent (the consent gate refused it): skipped with the reason."""
+    return await _finish(db, ids, worker_id, "skipped", reason, None, now)
+
+
+# -- operators and privacy ----------------------------------------------------------------------------------------
+
+
+async def cancel_for_conversions(
+    db: Executor, tenant_id: str, conversion_ids: Sequence[UUID], *, now: datetime | None = None
+) -> int:
+    """Erasure: pending and dead forwards of these conversions are cancelled (never sent, never requeued),
+    and every forward of them loses its payload. Returns how many were cancelled; repeating it is safe."""
+    if not conversion_ids:
+        return 0
+    with translate_errors():
+        rows = await db.fetch(
+            """UPDATE forwards SET
+                   status = CASE WHEN status IN ('pending', 'dead') THEN 'cancelled' ELSE status END,
+                   reason = CASE WHEN status IN ('pending', 'dead') THEN 'erased' ELSE reason END,
+                   payload_enc = NULL, locked_until = NULL, locked_by = NULL,
+                   updated_at = coalesce($3, now())
+               WHERE tenant_id = $1 AND conversion_id = ANY($2::uuid[])
+                 AND (status IN ('pending', 'dead') OR payload_enc IS NOT NULL)
+               RETURNING reason = 'erased' AND status = 'cancelled' AS cancelled""",
+            tenant_id,
+            list(conversion_ids),
+            now,
+        )
+    return sum(1 for r in rows if r["cancelled"])
+
+
+async def requeue(
+    db: Executor,
+    tenant_id: str | None,
+    *,
+    ids: Sequence[int] | None = None,
+    status: str = "dead",
+    platform: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """`halo-proxy outbox retry`: make rows with `status` (``dead``, or ``pending`` to skip their backoff) due
+    now with attempts reset, optionally only these ids, one tenant (None: all) or one platform. Rows leased
+    right now are left alone. Returns how many were requeued."""
+    if status not in _REQUEUEABLE:
+        raise ValueError(f"only {_REQUEUEABLE} rows can be requeued, not {status!r}")
+    _check_platform(platform)
+    conditions = [
+        "status = $1",
+        "payload_enc IS NOT NULL",
+        "(locked_until IS NULL OR locked_until < coalesce($2::timestamptz, now()))",
+    ]
+    args: list[Any] = [status, now]
+    _filters(conditions, args, tenant_id=tenant_id, platform=platform, ids=ids)
+    with translate_errors():
+        result = await db.execute(
+            f"""UPDATE forwards SET status = 'pending', attempts = 0, next_attempt_at = coalesce($2::timestamptz, now()),
+                    locked_until = NULL, locked_by = NULL, reason = NULL,
+                    updated_at = coalesce($2::timestamptz, now())
+                WHERE {" AND ".join(conditions)}""",
+            *args,
+        )
+    return _count(result)
+
+
+def _filters(
+    conditions: list[str],
+    args: list[Any],
+    *,
+    tenant_id: str | None = None,
+    platform: str | None = None,
+    ids: Sequence[int] | None = None,
+) -> None:
+    if tenant_id is not None:
+        args.append(tenant_id)
+        conditions.append(f"tenant_id = ${len(args)}")
+    if platform is not None:
+        args.append(platform)
+        conditions.append(f"platform = ${len(args)}")
+    if ids is not None:
+        args.append(list(ids))
+        conditions.append(f"id = ANY(${len(args)}::bigint[])")
+
+
+async def purge_finished(db: Executor, tenant_id: str, before: datetime) -> int:
+    """Retention: delete sent, dead, skipped and cancelled rows last changed before `before`."""
+    with translate_errors():
+        status = await db.execute(
+            """DELETE FROM forwards
+               WHERE status = ANY($3::text[]) AND tenant_id = $1 AND updated_at < $2""",
+            tenant_id,
+            before,
+            _FINISHED,
+        )
+    return _count(status)
+
+
+# -- reads --------------------------------------------------------------------------------------------------------
+
+
+async def get_forward(db: Executor, id: int, *, tenant_id: str | None = None) -> ForwardRow | None:
+    with translate_errors():
+        row = await db.fetchrow(
+            f"SELECT {_COLUMNS} FROM forwards WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+            id,
+            tenant_id,
+        )
+    return None if row is None else _row(row)
+
+
+async def list_forwards(
+    db: Executor,
+    status: str | None = None,
+    tenant_id: str | None = None,
+    limit: int = 100,
+    *,
+    platform: str | None = None,
+) -> list[ForwardRow]:
+    """Rows with `status` (None: any), of one tenant (None: all) and platform, newest first."""
+    if status is not None and status not in FORWARD_STATUSES:
+        raise ValueError(f"status must be one of {FORWARD_STATUSES}, not {status!r}")
+    _check_platform(platform)
+    conditions: list[str] = []
+    args: list[Any] = [limit]
+    if status is not None:
+        args.append(status)
+        conditions.append("status = $2")
+    _filters(conditions, args, tenant_id=tenant_id, platform=platform)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    with translate_errors():
+        rows = await db.fetch(f"SELECT {_COLUMNS} FROM forwards {where} ORDER BY id DESC LIMIT $1", *args)
+    return [_row(r) for r in rows]
+
+
+async def forwards_for_conversions(
+    db: Executor, tenant_id: str, conversion_ids: Sequence[UUID]
+) -> list[ForwardRow]:
+    """The forwards of these conversions (for `outbox show` and export), by conversion then platform."""
+    if not conversion_ids:
+        return []
+    with translate_errors():
+        rows = await db.fetch(
+            f"""SELECT {_COLUMNS} FROM forwards WHERE tenant_id = $1 AND conversion_id = ANY($2::uuid[])
+                ORDER BY conversion_id, platform""",
+            tenant_id,
+            list(conversion_ids),
+        )
+    return [_row(r) for r in rows]
+
+
+async def depth(db: Executor) -> dict[str, int]:
+    """Pending rows per platform (platforms with none are absent), for the outbox depth metric."""
+    with translate_errors():
+        rows = await db.fetch(
+            "SELECT platform, count(*) AS n FROM forwards WHERE status = 'pending' GROUP BY platform"
+        )
+    return {r["platform"]: r["n"] for r in rows}
+
+
+async def oldest_pending_age(db: Executor, now: datetime) -> float:
+    """Seconds since the oldest pending row was written (0.0 when none is pending)."""
+    with translate_errors():
+        oldest = await db.fetchval("SELECT min(created_at) FROM forwards WHERE status = 'pending'")
+    return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+
+async def count_by_status(db: Executor, tenant_id: str | None = None) -> dict[str, int]:
+    """Rows per status (statuses with none are absent), of one tenant or all."""
+    with translate_errors():
+        rows = await db.fetch(
+            """SELECT status, count(*) AS n FROM forwards WHERE ($1::text IS NULL OR tenant_id = $1)
+               GROUP BY status""",
+            tenant_id,
+        )
+    return {r["status"]: r["n"] for r in rows}
