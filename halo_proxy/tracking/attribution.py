@@ -92,9 +92,7 @@ def attribute(
     latest: dict[str, str] = {}
     for touch in eligible:
         latest.update(touch.click_ids)
-    click_ids = tuple(
-        sorted(latest.items(), key=lambda item: (_CLICK_ID_ORDER.get(item[0], len(_CLICK_ID_ORDER)), item[0]))
-    )
+    click_ids = _ordered(latest)
     return Attribution(
         match_type=match_type,
         session_id=session_id,
@@ -103,6 +101,16 @@ def attribute(
         days_to_convert=max(0, (converted_at - first.at).days),
         click_ids=click_ids,
         touches=tuple(eligible),
+    )
+
+
+def _ordered(click_ids: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Click ids in their stored order (`CLICK_ID_PARAMS`, then other names alphabetically)."""
+    return tuple(
+        sorted(
+            ((str(k), str(v)) for k, v in click_ids.items()),
+            key=lambda item: (_CLICK_ID_ORDER.get(item[0], len(_CLICK_ID_ORDER)), item[0]),
+        )
     )
 
 
@@ -200,12 +208,14 @@ def _touch_from_record(data: Mapping[str, Any]) -> Touch:
         referrer_domain=data.get("referrer_domain"),
         referrer_url=data.get("referrer_url"),
         landing_path=data.get("landing_path") or "/",
-        click_ids=tuple((str(k), str(v)) for k, v in click_ids.items()),
+        click_ids=_ordered(click_ids),
     )
 
 
 def attribution_from_record(record: Mapping[str, Any]) -> Attribution:
-    """The Attribution an `attribution_record` was made from (to answer a repeated delivery, or for reports)."""
+    """The Attribution an `attribution_record` was made from (to answer a repeated delivery, or for reports).
+
+    Click ids come back in their stored order whatever order the keys were kept in (jsonb reorders them)."""
     first = record.get("first_touch")
     last = record.get("last_touch")
     return Attribution(
@@ -214,6 +224,6 @@ def attribution_from_record(record: Mapping[str, Any]) -> Attribution:
         first_touch=_touch_from_record(first) if first else None,
         last_touch=_touch_from_record(last) if last else None,
         days_to_convert=record.get("days_to_convert"),
-        click_ids=tuple((str(k), str(v)) for k, v in (record.get("click_ids") or {}).items()),
+        click_ids=_ordered(record.get("click_ids") or {}),
         touches=tuple(_touch_from_record(t) for t in record.get("touches") or ()),
     )

@@ -366,3 +366,11 @@ def test_record_round_trips_without_touches(attribution):
 def test_record_session_id_as_text():
     result = run([GOOGLE], session_id=UUID(SESSION))
     assert attribution_record(result)["session_id"] == SESSION
+
+
+def test_record_round_trips_when_key_order_is_lost():
+    """jsonb keeps object keys in its own order; reading back restores the stored click-id order."""
+    result = run([GOOGLE, FACEBOOK])
+    record = attribution_record(result)
+    record["click_ids"] = dict(reversed(record["click_ids"].items()))
+    assert attribution_from_record(record) == result
