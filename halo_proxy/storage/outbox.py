@@ -382,6 +382,15 @@ async def list_forwards(
     platform: str | None = None,
 ) -> list[ForwardRow]:
     """Rows with `status` (None: any), of one tenant (None: all) and platform, newest first."""
+    sql, args = _list_query(status, tenant_id, platform, limit)
+    with translate_errors():
+        rows = await db.fetch(sql, *args)
+    return [_row(r) for r in rows]
+
+
+def _list_query(
+    status: str | None, tenant_id: str | None, platform: str | None, limit: int
+) -> tuple[str, list[Any]]:
     if status is not None and status not in FORWARD_STATUSES:
         raise ValueError(f"status must be one of {FORWARD_STATUSES}, not {status!r}")
     _check_platform(platform)
@@ -392,9 +401,13 @@ async def list_forwards(
         conditions.append("status = $2")
     _filters(conditions, args, tenant_id=tenant_id, platform=platform)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    with translate_errors():
-        rows = await db.fetch(f"SELECT {_COLUMNS} FROM forwards {where} ORDER BY id DESC LIMIT $1", *args)
-    return [_row(r) for r in rows]
+    return f"SELECT {_COLUMNS} FROM forwards {where} ORDER BY id DESC LIMIT $1", args
+
+
+_FOR_CONVERSIONS = f"""
+SELECT {_COLUMNS} FROM forwards WHERE tenant_id = $1 AND conversion_id = ANY($2::uuid[])
+ORDER BY conversion_id, platform
+"""
 
 
 async def forwards_for_conversions(
@@ -404,12 +417,7 @@ async def forwards_for_conversions(
     if not conversion_ids:
         return []
     with translate_errors():
-        rows = await db.fetch(
-            f"""SELECT {_COLUMNS} FROM forwards WHERE tenant_id = $1 AND conversion_id = ANY($2::uuid[])
-                ORDER BY conversion_id, platform""",
-            tenant_id,
-            list(conversion_ids),
-        )
+        rows = await db.fetch(_FOR_CONVERSIONS, tenant_id, list(conversion_ids))
     return [_row(r) for r in rows]
 
 
