@@ -20,7 +20,9 @@ import orjson
 from aiohttp import web
 
 from . import config as config_mod
-from .config import ConfigError, Settings, Tenant
+from .api import call as call_route
+from .config import ConfigError, Settings
+from .conversions import Conversions
 from .crypto import KeyRing
 from .metrics import UNKNOWN_TENANT, Metrics
 from .proxy import Proxy, error_page
@@ -29,6 +31,7 @@ from .storage.db import create_pool, ping
 from .storage.errors import StorageError
 from .tracking.clientip import client_ip, parse_ip
 from .visits import Clock, VisitTracker, VisitWriter, utc_now
+from .webhooks import RateLimits, Routes
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ CLOCK = web.AppKey("clock", object)
 DATABASE = web.AppKey("database", Database)
 WRITER = web.AppKey("visit_writer", VisitWriter)
 TRACKER = web.AppKey("visit_tracker", VisitTracker)
+ROUTES = web.AppKey("routes", Routes)
 
 
 def json_response(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -141,11 +145,29 @@ async def handle_reserved_unknown(request: web.Request) -> web.Response:
     return json_error(404, "not_found", f"No route {request.method} {request.path}.")
 
 
-def tenant_or_421(request: web.Request) -> Tenant | web.Response:
-    tenant = request.app[CONFIG].current.tenant_for_host(request.host)
-    if tenant is None:
-        return json_error(421, "misdirected", "This host is not served here.")
-    return tenant
+def api_route(name: str):  # type: ignore[no-untyped-def]
+    """A handler for one of `Routes`' methods: tenant from Host, client IP, errors as the contract's JSON."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        settings = app[CONFIG].current
+        tenant = settings.tenant_for_host(request.host)
+        if tenant is None:
+            return json_error(421, "misdirected", "This host is not served here.")
+        routes = app.get(ROUTES)
+        if routes is None:
+            return json_error(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
+        ip, _, _ = client_address(request, settings.server.trusted_proxies)
+        method = getattr(routes, name)
+        rejected = app[METRICS].rejected
+
+        def count(code: str) -> None:
+            rejected.labels(tenant=tenant.id, reason=code).inc()
+
+        return await call_route(lambda: method(request, tenant, settings, ip), count, request.path)
+
+    handler.__name__ = f"handle_{name}"
+    return handler
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,6 +210,8 @@ def storage_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # t
         app[WRITER] = writer
         app[TRACKER] = VisitTracker(app[KEYS], writer, app[METRICS], app[CONFIG].current.server.reserved_prefix,
                                     clock=app[CLOCK])  # type: ignore[arg-type]
+        conversions = Conversions(the_pool, app[KEYS], writer, app[METRICS])
+        app[ROUTES] = Routes(conversions, app[KEYS], RateLimits(), app[CLOCK])  # type: ignore[arg-type]
         yield
         if retry is not None:
             retry.cancel()
@@ -264,6 +288,11 @@ def create_app(
     # Reserved routes first: they are matched before the catch-all and never reach the proxy.
     app.router.add_get(f"{prefix}/healthz", handle_healthz, allow_head=True)
     app.router.add_get(f"{prefix}/readyz", handle_readyz, allow_head=True)
+    app.router.add_post(f"{prefix}/identify", api_route("identify"))
+    app.router.add_post(f"{prefix}/webhook/lead", api_route("lead"))
+    app.router.add_post(f"{prefix}/webhook/order", api_route("order"))
+    app.router.add_post(f"{prefix}/webhook/shopify", api_route("shopify"))
+    app.router.add_post(f"{prefix}/webhook/stripe", api_route("stripe"))
     app.router.add_route("*", prefix + "{tail:(/.*)?}", handle_reserved_unknown)
     app.router.add_route("*", "/{tail:.*}", handle_proxied)
     return app

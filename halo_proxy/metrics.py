@@ -51,6 +51,16 @@ class Metrics:
         self.write_queue = Gauge(
             "halo_write_queue_depth", "Page-view writes waiting for the database.", registry=r,
             multiprocess_mode="livesum")
+        # Conversions.
+        self.conversions = Counter(
+            "halo_conversions_total", "Conversions stored, by tenant, kind and match type.",
+            ["tenant", "kind", "match_type"], registry=r)
+        self.rejected = Counter(
+            "halo_rejected_requests_total", "Requests to HaloTrack's routes refused, by reason.",
+            ["tenant", "reason"], registry=r)
+        self.forward_skips = Counter(
+            "halo_forward_skips_total", "Forwards not sent because of the consent gate, by reason.",
+            ["tenant", "platform", "reason"], registry=r)
         self._status_children: dict[tuple[str, int], Counter] = {}
         self._visit_children: dict[tuple[str, str, str], Counter] = {}
 

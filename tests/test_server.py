@@ -139,17 +139,19 @@ async def test_two_workers_share_the_port_and_metrics_are_aggregated(tmp_path, u
 
 
 async def test_sigterm_drains_an_in_flight_request(served):
+    started = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         async def slow_download() -> int:
             got = 0
             async with session.get(f"{served.base}/big?bytes={64 * 1024 * 1024}", headers={"Host": HOST}) as resp:
                 async for part in resp.content.iter_chunked(1024 * 1024):
                     got += len(part)
+                    started.set()
                     await asyncio.sleep(0.005)
             return got
 
         task = asyncio.create_task(slow_download())
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(started.wait(), 30)
         served.signal(signal.SIGTERM)
         assert await task == 64 * 1024 * 1024
 

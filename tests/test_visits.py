@@ -54,7 +54,7 @@ tenants:
 
 @pytest.fixture
 async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events")
+    await db_pool.execute("TRUNCATE sessions, touches, anon_events CASCADE")
     return db_pool
 
 

@@ -1,0 +1,269 @@
+"""Leads and orders: match each to the visitor that earned it, store it with its attribution, queue its forwards.
+
+Matching order: the session (cookie, else the body's session reference) -> email -> phone -> none. Among several
+sessions of one person, the latest one with a touch before the conversion. The conversion, its identifiers
+(encrypted, with blind indexes) and one outbox row per configured ad platform are written in one transaction,
+before the 2xx answer; a repeat of the same idempotency key returns the first answer and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+
+from .config import Tenant
+from .crypto import KeyRing
+from .forwarders import PLATFORMS as FORWARDERS
+from .forwarders.models import ForwardEvent
+from .metrics import Metrics
+from .storage import conversions as conversion_store
+from .storage import identities as identity_store
+from .storage import sessions as session_store
+from .storage.conversions import ConversionRecord, ConversionWrite
+from .storage.outbox import ForwardWrite
+from .storage.sessions import SessionRecord
+from .tracking.attribution import attribute, attribution_json, choose_session
+from .tracking.models import Attribution, ConversionInput
+from .visits import VisitWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The answer to a conversion: the JSON body and whether it was created now (201) or before (200)."""
+
+    body: dict[str, Any]
+    created: bool
+
+
+class Conversions:
+    """Records conversions for the routes; all state lives in the database."""
+
+    def __init__(self, pool: asyncpg.Pool, keys: KeyRing, writer: VisitWriter, metrics: Metrics):
+        self.pool = pool
+        self.keys = keys
+        self.writer = writer
+        self.metrics = metrics
+
+    # -- session references ------------------------------------------------------------------------------
+
+    def session_from_ref(self, tenant: Tenant, ref: str | None) -> uuid.UUID | None:
+        """A `_halo` cookie value exactly as the browser sent it, or the id `HaloTrack.getSessionId()` returns."""
+        if not ref:
+            return None
+        sealed = self.keys.open_session(tenant.id, ref)
+        if sealed is not None:
+            return sealed
+        try:
+            return uuid.UUID(ref)
+        except ValueError:
+            return None
+
+    async def find_session(self, tenant: Tenant, session_id: uuid.UUID) -> SessionRecord | None:
+        record = await session_store.get_session(self.pool, tenant.id, session_id)
+        if record is None:
+            # A visitor who converts right after landing: the session may still be queued for writing.
+            await self.writer.flush()
+            record = await session_store.get_session(self.pool, tenant.id, session_id)
+        return record
+
+    # -- identify ----------------------------------------------------------------------------------------
+
+    async def identify(self, tenant: Tenant, session_id: uuid.UUID, email: str | None, phone: str | None,
+                       now: datetime) -> list[str] | None:
+        """Link email and/or phone to a session. None when the session does not exist."""
+        if await self.find_session(tenant, session_id) is None:
+            return None
+        linked = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for kind, value in (("email", email), ("phone", phone)):
+                if value is None:
+                    continue
+                bidx = self.keys.blind_index(tenant.id, kind, value)
+                enc = self.keys.encrypt(tenant.id, "identities", "enc", value)
+                if await identity_store.link_identity(conn, tenant.id, session_id, kind, bidx, enc, now):
+                    linked.append(kind)
+        return linked
+
+    # -- conversions -------------------------------------------------------------------------------------
+
+    async def record(self, tenant: Tenant, conversion: ConversionInput, cookie_session: uuid.UUID | None,
+                     now: datetime, *, gpc: bool = False) -> Recorded:
+        if conversion.external_id is not None:
+            existing = await conversion_store.find_by_external_id(self.pool, tenant.id, conversion.kind,
+                                                                  conversion.external_id)
+            if existing is not None:
+                return Recorded(self._answer(existing), created=False)
+
+        converted_at = conversion.occurred_at or now
+        session, match_type = await self._match(tenant, conversion, cookie_session, converted_at)
+        if session is not None:
+            touches = await session_store.list_touches(
+                self.pool, tenant.id, session.id, until=converted_at)
+            attribution = attribute(touches, match_type=match_type, session_id=str(session.id),
+                                    converted_at=converted_at, lookback_days=tenant.lookback_days)
+        else:
+            attribution = Attribution()
+
+        conversion_id = uuid.uuid4()
+        write = self._write(tenant, conversion, conversion_id, attribution, now)
+        forwards = self._forwards(tenant, conversion, conversion_id, session, attribution, converted_at, gpc)
+        async with self.pool.acquire() as conn, conn.transaction():
+            record, created = await conversion_store.insert_conversion(conn, write, forwards)
+            if created and session is not None:
+                await self._link(conn, tenant, session.id, conversion, now)
+        if created:
+            self.metrics.conversions.labels(tenant=tenant.id, kind=conversion.kind, match_type=match_type).inc()
+        return Recorded(self._answer(record), created=created)
+
+    async def _match(self, tenant: Tenant, conversion: ConversionInput, cookie_session: uuid.UUID | None,
+                     at: datetime) -> tuple[SessionRecord | None, str]:
+        for candidate in (cookie_session, self.session_from_ref(tenant, conversion.session_ref)):
+            if candidate is not None:
+                record = await self.find_session(tenant, candidate)
+                if record is not None:
+                    return record, "session"
+        for kind, value in (("email", conversion.email), ("phone", conversion.phone)):
+            if value is None:
+                continue
+            bidx = self.keys.blind_index(tenant.id, kind, value)
+            linked = await identity_store.sessions_for(self.pool, tenant.id, kind, bidx, at)
+            chosen = choose_session([(item.session_id, item.last_touch_at) for item in linked])
+            if chosen is not None:
+                record = await session_store.get_session(self.pool, tenant.id, chosen)
+                if record is not None:
+                    return record, kind
+        return None, "none"
+
+    async def _link(self, conn: asyncpg.Connection, tenant: Tenant, session_id: uuid.UUID,
+                    conversion: ConversionInput, now: datetime) -> None:
+        """A conversion that names the person links them to its session, for their next conversion elsewhere."""
+        for kind, value in (("email", conversion.email), ("phone", conversion.phone)):
+            if value is not None:
+                await identity_store.link_identity(
+                    conn, tenant.id, session_id, kind, self.keys.blind_index(tenant.id, kind, value),
+                    self.keys.encrypt(tenant.id, "identities", "enc", value), now)
+
+    def _write(self, tenant: Tenant, c: ConversionInput, conversion_id: uuid.UUID, attribution: Attribution,
+               now: datetime) -> ConversionWrite:
+        t = tenant.id
+
+        def enc(column: str, value: str | None) -> bytes | None:
+            return self.keys.encrypt(t, "conversions", column, value) if value else None
+
+        answer = {"id": str(conversion_id), "match_type": attribution.match_type,
+                  "attribution": attribution_json(attribution)}
+        return ConversionWrite(
+            id=conversion_id, tenant_id=t, kind=c.kind, source=c.source, created_at=now,
+            external_id=c.external_id, occurred_at=c.occurred_at or now,
+            value=Decimal(c.value) if c.value is not None else None,
+            currency=c.currency or tenant.currency,
+            email_enc=enc("email_enc", c.email),
+            email_bidx=self.keys.blind_index(t, "email", c.email) if c.email else None,
+            phone_enc=enc("phone_enc", c.phone),
+            phone_bidx=self.keys.blind_index(t, "phone", c.phone) if c.phone else None,
+            name_enc=enc("name_enc", c.name),
+            message_enc=enc("message_enc", c.message),
+            fields_enc=enc("fields_enc", orjson.dumps(c.fields).decode() if c.fields else None),
+            form_type=c.form_type, items=c.items, consent_marketing=c.consent_marketing,
+            attribution=attribution, response=answer,
+        )
+
+    def _forwards(self, tenant: Tenant, c: ConversionInput, conversion_id: uuid.UUID,
+                  session: SessionRecord | None, attribution: Attribution, converted_at: datetime,
+                  gpc: bool) -> list[ForwardWrite]:
+        """One outbox row per configured platform: pending, or skipped by the consent gate with its reason."""
+        platforms = [name for name in FORWARDERS if getattr(tenant.forwarders, name) is not None]
+        if not platforms:
+            return []
+        skip = consent_gate(c, session, gpc)
+        rows = []
+        event = None if skip else self._event(tenant, c, conversion_id, session, attribution, converted_at)
+        for platform in platforms:
+            event_id = f"{c.kind}-{conversion_id}"
+            if skip:
+                rows.append(ForwardWrite(platform=platform, event_id=event_id, payload_enc=None, status="skipped",
+                                         reason=skip))
+                self.metrics.forward_skips.labels(tenant=tenant.id, platform=platform, reason=skip).inc()
+            else:
+                assert event is not None
+                payload = self.keys.encrypt(tenant.id, "forwards", "payload_enc", event.to_json().decode())
+                rows.append(ForwardWrite(platform=platform, event_id=event_id, payload_enc=payload))
+        return rows
+
+    def _event(self, tenant: Tenant, c: ConversionInput, conversion_id: uuid.UUID, session: SessionRecord | None,
+               attribution: Attribution, converted_at: datetime) -> ForwardEvent:
+        t = tenant.id
+        clicks = dict(attribution.click_ids)
+        if session is not None:
+            clicks = {**session.click_id_values, **clicks}
+        fbclid_seen = session.click_ids["fbclid"].at if session is not None and "fbclid" in session.click_ids else None
+        ip = ua = None
+        if session is not None and session.consent.marketing:
+            ip = self.keys.decrypt(t, "sessions", "ip_enc", session.ip_enc) if session.ip_enc else None
+            ua = (self.keys.decrypt(t, "sessions", "user_agent_enc", session.user_agent_enc)
+                  if session.user_agent_enc else None)
+        granted = True  # the consent gate passed: marketing consent from the visitor or the form
+        return ForwardEvent(
+            kind=c.kind, event_id=f"{c.kind}-{conversion_id}", event_time=converted_at,
+            value=float(Decimal(c.value)) if c.value is not None else None,
+            currency=c.currency or tenant.currency,
+            order_id=c.external_id if c.kind == "order" else None,
+            email=c.email, phone=c.phone, first_name=c.first_name, last_name=c.last_name,
+            city=c.city, region=c.region, postal_code=c.postal_code,
+            country=c.country or (session.geo.country if session is not None else None),
+            external_id=str(session.id) if session is not None else None,
+            client_ip=ip, user_agent=ua,
+            fbc=session.fbc if session is not None else None,
+            fbp=session.fbp if session is not None else None,
+            fbclid=clicks.get("fbclid"), fbclid_seen_at=fbclid_seen,
+            gclid=clicks.get("gclid"), gbraid=clicks.get("gbraid"), wbraid=clicks.get("wbraid"),
+            ttclid=clicks.get("ttclid"), ga_client_id=c.ga_client_id,
+            session_id=str(session.id) if session is not None else None,
+            event_source_url=c.event_source_url or _landing_url(tenant, attribution),
+            ad_user_data=granted, ad_personalization=granted,
+        )
+
+    @staticmethod
+    def _answer(record: ConversionRecord) -> dict[str, Any]:
+        if record.response:
+            return record.response
+        return {"id": str(record.id), "match_type": record.match_type,
+                "attribution": attribution_json(record.attribution)}
+
+
+def consent_gate(c: ConversionInput, session: SessionRecord | None, gpc: bool) -> str | None:
+    """None when the conversion may be forwarded, else the reason it may not.
+
+    GPC (from the request or the visitor's session) always means no forwarding. Otherwise the lead's own
+    explicit consent box, or the visitor's marketing consent, allows it.
+    """
+    if gpc or (session is not None and session.consent.gpc):
+        return "gpc"
+    if c.consent_marketing is False:
+        return "form_denied"
+    if c.consent_marketing is True:
+        return None
+    if session is not None and session.consent.marketing:
+        return None
+    return "no_consent" if session is not None else "no_session_consent"
+
+
+def _landing_url(tenant: Tenant, attribution: Attribution) -> str | None:
+    touch = attribution.last_touch or attribution.first_touch
+    if touch is None or not tenant.hosts:
+        return None
+    host = next((h for h in tenant.hosts if not h.startswith("*.")), None)
+    return f"https://{host}{touch.landing_path}" if host else None
+
+
+def days_between(a: datetime, b: datetime) -> int:
+    return int((b - a) / timedelta(days=1))

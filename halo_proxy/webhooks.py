@@ -1,0 +1,285 @@
+"""Conversion routes under the reserved prefix: identify, leads, orders, Shopify and Stripe.
+
+Each route: tenant from Host, bounded body, content type, signature or same-origin check, validation, then the
+conversion is committed before the 2xx answer. Browser-facing routes are rate limited per client IP.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from aiohttp import web
+
+from .api import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
+from .config import Settings, Tenant
+from .conversions import Conversions
+from .crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
+from .ratelimit import TokenBucket, retry_after_header
+from .tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
+from .tracking.conversion import InputError, form_redirect, parse_lead, parse_order
+from .tracking.identity import IdentityError, normalise_email, normalise_phone
+from .visits import Clock
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+IDENTIFY_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon without a preflight
+MAX_FORM_FIELDS = 200
+
+
+class RateLimits:
+    """One token bucket per tenant, keyed by client IP; rebuilt when the tenant's limits change."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[tuple[float, int], TokenBucket]] = {}
+
+    def check(self, tenant: Tenant, client_ip: str | None) -> None:
+        limit = (tenant.rate_limit.per_second, tenant.rate_limit.burst)
+        entry = self._buckets.get(tenant.id)
+        if entry is None or entry[0] != limit:
+            entry = (limit, TokenBucket(limit[0], limit[1]))
+            self._buckets[tenant.id] = entry
+        allowed, retry_after = entry[1].take(client_ip or "unknown", time.monotonic())
+        if not allowed:
+            raise ApiError(429, "rate_limited", "Too many requests from this address; slow down.",
+                           headers={"Retry-After": retry_after_header(retry_after)})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _host_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return parts.netloc or None
+
+
+def same_origin(request: web.Request, settings: Settings, tenant: Tenant) -> bool:
+    """The form was posted from a page of this tenant: its Origin (else Referer) host is a tenant host."""
+    origin = request.headers.get("Origin")
+    host = _host_of(origin) if origin and origin != "null" else _host_of(request.headers.get("Referer"))
+    return host is not None and settings.tenant_for_host(host) is tenant
+
+
+def allowed_origin(request: web.Request, settings: Settings, tenant: Tenant) -> bool:
+    """For browser JSON routes: no Origin (same-origin navigation or a server), a tenant host, or an external
+    origin listed for the tenant."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return True
+    if origin.rstrip("/").lower() in tenant.external_origins:
+        return True
+    host = _host_of(origin)
+    return host is not None and settings.tenant_for_host(host) is tenant
+
+
+def redirect_target(request: web.Request, settings: Settings, tenant: Tenant, wanted: str | None) -> str:
+    """Where a form post goes next: `_redirect` on a tenant host (or a local path), else the Referer, else `/`."""
+    for candidate in (wanted, request.headers.get("Referer")):
+        if not candidate:
+            continue
+        if candidate.startswith("/") and not candidate.startswith("//"):
+            return candidate
+        host = _host_of(candidate)
+        if host is not None and settings.tenant_for_host(host) is tenant and \
+                urlsplit(candidate).scheme in ("http", "https"):
+            return candidate
+    return "/"
+
+
+def parse_form(body: bytes, content_type_header: str) -> dict[str, str]:
+    """First value of each field of an urlencoded or multipart form. Files are ignored."""
+    fields: dict[str, str] = {}
+    if content_type_header.lower().startswith("application/x-www-form-urlencoded"):
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS,
+                              strict_parsing=False)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise ApiError(400, "invalid_form", "The form body could not be read.") from err
+        for name, value in pairs:
+            fields.setdefault(name, value)
+        return fields
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type_header.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise ApiError(400, "invalid_form", "The multipart form body could not be read.")
+    for count, part in enumerate(message.iter_parts()):
+        if count >= MAX_FORM_FIELDS:
+            break
+        name = part.get_param("name", header="content-disposition")
+        if not name or part.get_filename():
+            continue
+        payload = part.get_payload(decode=True) or b""
+        try:
+            fields.setdefault(str(name), payload.decode(part.get_content_charset() or "utf-8"))
+        except (UnicodeDecodeError, LookupError) as err:
+            raise ApiError(400, "invalid_form", f"The form field {name} is not text.", field=str(name)) from err
+    return fields
+
+
+def _input_error(err: InputError | IdentityError) -> ApiError:
+    if isinstance(err, IdentityError):
+        return ApiError(422, "invalid_field", err.detail, err.field)
+    return ApiError(422, err.code, err.detail, err.field)
+
+
+def _verify(kind: str, secret: str | None, request: web.Request, body: bytes, now: float) -> None:
+    if not secret:
+        raise ApiError(401, "not_configured", f"This tenant has no {kind} secret configured.")
+    try:
+        if kind == "webhook":
+            verify_webhook(secret, request.headers.get("X-Halo-Signature"), body, now)
+        elif kind == "stripe":
+            verify_stripe(secret, request.headers.get("Stripe-Signature"), body, now)
+        else:
+            verify_shopify(secret, request.headers.get("X-Shopify-Hmac-Sha256"), body)
+    except SignatureError as err:
+        code = "stale_signature" if err.reason == "stale" else (
+            "missing_signature" if err.reason == "missing" else "bad_signature")
+        raise ApiError(401, code, str(err)) from err
+
+
+def _answer(recorded: Any) -> web.Response:
+    return json_ok(201 if recorded.created else 200, recorded.body)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Route bodies: each takes the request, its tenant, the live settings and the client IP.
+
+
+class Routes:
+    def __init__(self, conversions: Conversions, keys: KeyRing, limits: RateLimits, clock: Clock):
+        self.conversions = conversions
+        self.keys = keys
+        self.limits = limits
+        self.clock = clock
+
+    def cookie_session(self, request: web.Request, tenant: Tenant) -> uuid.UUID | None:
+        value = request.cookies.get(tenant.cookie.name)
+        return self.keys.open_session(tenant.id, value) if value is not None else None
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    async def identify(self, request: web.Request, tenant: Tenant, settings: Settings,
+                       client_ip: str | None) -> web.StreamResponse:
+        if not allowed_origin(request, settings, tenant):
+            raise ApiError(403, "forbidden_origin", "This origin may not call identify.")
+        self.limits.check(tenant, client_ip)
+        if media_type(request) not in IDENTIFY_TYPES:
+            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+        data = parse_json_object(await read_body(request, tenant.max_body_bytes))
+        unknown = set(data) - {"email", "phone", "session_id"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ApiError(422, "unknown_field", f"Unknown field {name}; send email, phone and session_id.", name)
+        email_raw, phone_raw = data.get("email"), data.get("phone")
+        if email_raw in (None, "") and phone_raw in (None, ""):
+            raise ApiError(422, "missing_field", "Send an email or a phone to link.", "email")
+        try:
+            email_norm = normalise_email(email_raw) if email_raw not in (None, "") else None
+            phone_norm = normalise_phone(phone_raw, tenant.default_phone_region) \
+                if phone_raw not in (None, "") else None
+        except IdentityError as err:
+            raise _input_error(err) from err
+        session_id = self.cookie_session(request, tenant)
+        if session_id is None:
+            ref = data.get("session_id")
+            if ref is not None and not isinstance(ref, str):
+                raise ApiError(422, "invalid_field", "session_id must be a string.", "session_id")
+            session_id = self.conversions.session_from_ref(tenant, ref)
+        if session_id is None:
+            raise ApiError(422, "missing_field", "No visitor session: send the _halo cookie or a session_id.",
+                           "session_id")
+        linked = await self.conversions.identify(tenant, session_id, email_norm, phone_norm, self.now())
+        if linked is None:
+            raise ApiError(404, "session_not_found", "No session with this id is known.", "session_id")
+        return json_ok(200, {"session_id": str(session_id), "linked": linked})
+
+    async def lead(self, request: web.Request, tenant: Tenant, settings: Settings,
+                   client_ip: str | None) -> web.StreamResponse:
+        kind = media_type(request)
+        if kind in FORM_TYPES:
+            return await self._form_lead(request, tenant, settings, client_ip)
+        require_json(request)
+        body = await read_body(request, tenant.max_body_bytes)
+        _verify("webhook", tenant.webhook_secret, request, body, self.now().timestamp())
+        data = parse_json_object(body)
+        try:
+            conversion = parse_lead(data, source="api", default_region=tenant.default_phone_region,
+                                    default_currency=tenant.currency)
+        except (InputError, IdentityError) as err:
+            raise _input_error(err) from err
+        recorded = await self.conversions.record(tenant, conversion, None, self.now())
+        return _answer(recorded)
+
+    async def _form_lead(self, request: web.Request, tenant: Tenant, settings: Settings,
+                         client_ip: str | None) -> web.StreamResponse:
+        if not same_origin(request, settings, tenant):
+            raise ApiError(403, "forbidden_origin", "Forms may be posted only from the site's own pages.")
+        self.limits.check(tenant, client_ip)
+        body = await read_body(request, tenant.max_body_bytes)
+        fields = parse_form(body, request.headers.get("Content-Type", ""))
+        cookie_session = self.cookie_session(request, tenant)
+        try:
+            conversion = parse_lead(fields, source="form", default_region=tenant.default_phone_region,
+                                    default_currency=tenant.currency, session_known=cookie_session is not None)
+        except (InputError, IdentityError) as err:
+            raise _input_error(err) from err
+        await self.conversions.record(tenant, conversion, cookie_session, self.now(),
+                                      gpc=request.headers.get("Sec-GPC", "").strip() == "1")
+        target = redirect_target(request, settings, tenant, form_redirect(fields))
+        raise web.HTTPSeeOther(location=target)
+
+    async def order(self, request: web.Request, tenant: Tenant, settings: Settings,
+                    client_ip: str | None) -> web.StreamResponse:
+        require_json(request)
+        body = await read_body(request, tenant.max_body_bytes)
+        now = self.now()
+        _verify("webhook", tenant.webhook_secret, request, body, now.timestamp())
+        data = parse_json_object(body)
+        try:
+            conversion = parse_order(data, default_region=tenant.default_phone_region,
+                                     default_currency=tenant.currency, now=now)
+        except (InputError, IdentityError) as err:
+            raise _input_error(err) from err
+        return _answer(await self.conversions.record(tenant, conversion, None, now))
+
+    async def shopify(self, request: web.Request, tenant: Tenant, settings: Settings,
+                      client_ip: str | None) -> web.StreamResponse:
+        if not tenant.shopify_secret:
+            raise ApiError(404, "not_found", "Shopify webhooks are not enabled for this tenant.")
+        require_json(request)
+        body = await read_body(request, tenant.max_body_bytes)
+        now = self.now()
+        _verify("shopify", tenant.shopify_secret, request, body, now.timestamp())
+        result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
+                                     default_region=tenant.default_phone_region,
+                                     default_currency=tenant.currency, now=now)
+        return await self._adapter_answer(tenant, result, now)
+
+    async def stripe(self, request: web.Request, tenant: Tenant, settings: Settings,
+                     client_ip: str | None) -> web.StreamResponse:
+        if not tenant.stripe_secret:
+            raise ApiError(404, "not_found", "Stripe webhooks are not enabled for this tenant.")
+        require_json(request)
+        body = await read_body(request, tenant.max_body_bytes)
+        now = self.now()
+        _verify("stripe", tenant.stripe_secret, request, body, now.timestamp())
+        result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,
+                                    default_currency=tenant.currency, now=now)
+        return await self._adapter_answer(tenant, result, now)
+
+    async def _adapter_answer(self, tenant: Tenant, result: AdapterResult, now: datetime) -> web.Response:
+        if result.conversion is None:
+            return json_ok(200, {"received": True, "ignored": result.ignored or "not a conversion"})
+        return _answer(await self.conversions.record(tenant, result.conversion, None, now))
