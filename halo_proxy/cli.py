@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply database migrations (HALO_DATABASE_URL, else the embedded database)")
 
+    rotate = sub.add_parser("rotate-keys", help="re-encrypt stored personal data under a new key version")
+    rotate.add_argument("--config", required=True)
+    rotate.add_argument("--to-version", type=int, required=True, help="the new key version (2-255)")
+
     demo = sub.add_parser("demo", help="embedded database, a demo site and the proxy in front of it")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
@@ -61,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .server import migrate
 
         return migrate()
+    if args.command == "rotate-keys":
+        from .server import rotate_keys
+
+        if not 2 <= args.to_version <= 255:
+            print("halo-proxy: --to-version must be from 2 to 255", file=sys.stderr)
+            return 2
+        return rotate_keys(args.config, args.to_version)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -53,10 +53,15 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
             "HALO_SECRET_KEY is not set. Set it to at least 32 random bytes, hex or base64, for example:\n"
             "  export HALO_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')\n"
             "Keep it safe: cookies, IP hashes and encrypted personal data depend on it.")
+    version_text = os.environ.get("HALO_KEY_VERSION", "1")
     try:
-        return KeyRing(parse_master_secret(text))
+        version = int(version_text)
+    except ValueError:
+        raise StartupError(f"HALO_KEY_VERSION must be a whole number from 1 to 255, not {version_text!r}") from None
+    try:
+        return KeyRing(parse_master_secret(text), current_version=version)
     except CryptoError as err:
-        raise StartupError(f"HALO_SECRET_KEY is invalid: {err}") from err
+        raise StartupError(f"HALO_SECRET_KEY or HALO_KEY_VERSION is invalid: {err}") from err
 
 
 def open_database():  # type: ignore[no-untyped-def]
@@ -307,4 +312,57 @@ def migrate() -> int:
         if embedded is not None:
             embedded.stop()
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def rotate_keys(config_path: str, to_version: int) -> int:
+    """`halo-proxy rotate-keys`: re-encrypt every tenant's stored personal data under key version `to_version`.
+
+    Rows already at that version are left alone, so an interrupted run can simply be started again. Old rows
+    stay readable throughout: a ring decrypts every version up to its current one.
+    """
+    from .config import ConfigError, load
+    from .storage.conversions import rewrap_pii
+    from .storage.db import create_pool
+    from .storage.errors import StorageError
+
+    try:
+        settings = load(config_path)
+    except ConfigError as err:
+        for line in err.errors:
+            print(line, file=sys.stderr)
+        return 2
+    os.environ["HALO_KEY_VERSION"] = str(to_version)
+    try:
+        keys = load_keys(generate=False)
+        dsn, embedded = open_database()
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, dict[str, int]]:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            done = {}
+            for tenant in settings.tenants:
+                def rewrap(table: str, column: str, blob: bytes, tenant_id: str = tenant.id) -> bytes:
+                    return keys.reencrypt(tenant_id, table, column, blob)
+
+                done[tenant.id] = await rewrap_pii(pool, tenant.id, to_version, rewrap)
+            return done
+        finally:
+            await pool.close()
+
+    try:
+        done = asyncio.run(run())
+    except StorageError as err:
+        print(f"halo-proxy: key rotation failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    for tenant_id, counts in done.items():
+        print(f"{tenant_id}: " + ", ".join(f"{n} {table}" for table, n in counts.items()) +
+              f" re-encrypted under key version {to_version}")
+    print(f"Now run the proxy with HALO_KEY_VERSION={to_version}.")
     return 0
