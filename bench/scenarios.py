@@ -1,0 +1,181 @@
+"""Benchmark scenarios: what one load-generator request looks like, for every target alike.
+
+A scenario turns a `Context` (the running targets, the tenant HaloTrack serves) into a `RequestPlan`, or into
+a string saying why it cannot run ("n/a"). Both load generators (wrk through a generated Lua script, and the
+Python client in `loadgen.py`) read the same plan, so every target of a run receives the same requests.
+
+A plan is one of:
+  * a static request: method, path, headers, body, sent unchanged (the cheapest for the generator);
+  * a template: `{n}` anywhere in the path, a header value or the body is replaced by a counter that is
+    unique per request within the run (e.g. a new click id for each new visitor);
+  * a pool: a list of concrete requests, cycled in order. Use it when each request needs something the
+    generator cannot compute itself, such as an HMAC signature.
+
+Adding a scenario: write `def plan_<name>(ctx) -> RequestPlan | str`, decorate it with
+`@scenario("<name>", "<one-line description>")`, and it is selectable with `--scenario <name>`.
+A scenario that needs tenant settings (a webhook secret, say) sets `tenant_extra`; those keys are merged
+into the generated tenant YAML before HaloTrack starts.
+
+Planned: `lead`, signed webhook POSTs. Sketch: `tenant_extra={"webhook_secret": ctx.webhook_secret}`, then
+a pool of ~1000 JSON bodies (distinct email and event id each), each POSTed to `/_halo/webhook/lead` with
+`X-Halo-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>` computed in Python.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+
+# A current desktop Chrome on Windows: what most visitors of a client site look like.
+CHROME_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+# A top-level navigation as Chrome sends it (no cookie: a visitor seen for the first time).
+BROWSER_PAGE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("User-Agent", CHROME_UA),
+    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+    ("Accept-Language", "en-GB,en;q=0.9"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Sec-Fetch-Site", "none"),
+    ("Sec-Fetch-User", "?1"),
+    ("Upgrade-Insecure-Requests", "1"),
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: str = ""
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "path": self.path, "headers": [list(h) for h in self.headers],
+                "body": self.body}
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """The requests a generator sends. `request` is a static request or a `{n}` template; `pool` wins if set."""
+
+    request: Request
+    pool: tuple[Request, ...] = ()
+
+    @property
+    def templated(self) -> bool:
+        r = self.request
+        return "{n}" in r.path or "{n}" in r.body or any("{n}" in v for _, v in r.headers)
+
+    def with_host(self, host: str) -> RequestPlan:
+        """Every request carries `Host: host` (HaloTrack routes by it; the other targets pass it on)."""
+        def add(r: Request) -> Request:
+            headers = tuple((k, v) for k, v in r.headers if k.lower() != "host")
+            return Request(r.method, r.path, (("Host", host),) + headers, r.body)
+        return RequestPlan(add(self.request), tuple(add(r) for r in self.pool))
+
+    def to_json(self) -> dict:
+        return {"request": self.request.to_json(), "pool": [r.to_json() for r in self.pool]}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a scenario may use to build its plan. Targets are already running when plans are built."""
+
+    host: str                       # the tenant host every request carries
+    halo_url: str | None            # HaloTrack's base URL, None when HaloTrack is not among the targets
+    cookie_name: str                # the tenant's visitor cookie
+    webhook_secret: str             # the tenant's webhook secret, for signed-request scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    plan: Callable[[Context], RequestPlan | str]
+    target_vs_bare: float | None = None   # HaloTrack's throughput goal as a fraction of the bare proxy's
+    tenant_extra: dict = field(default_factory=dict)
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, description: str, *, target_vs_bare: float | None = None,
+             tenant_extra: dict | None = None):  # type: ignore[no-untyped-def]
+    def register(fn: Callable[[Context], RequestPlan | str]) -> Callable[[Context], RequestPlan | str]:
+        SCENARIOS[name] = Scenario(name, description, fn, target_vs_bare, dict(tenant_extra or {}))
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scenarios.
+
+
+@scenario("page", "GET of a ~4 KiB HTML page by a browser with no cookie (a first page view)",
+          target_vs_bare=0.9)
+def plan_page(ctx: Context) -> RequestPlan | str:
+    return RequestPlan(Request("GET", "/page", BROWSER_PAGE_HEADERS))
+
+
+@scenario("returning", "the same page view with the cookies HaloTrack set on a first visit",
+          target_vs_bare=0.9)
+def plan_returning(ctx: Context) -> RequestPlan | str:
+    if ctx.halo_url is None:
+        return "needs HaloTrack among the targets to obtain its cookie"
+    try:
+        cookies = first_visit_cookies(ctx.halo_url, ctx.host)
+    except OSError as err:
+        return f"first visit through HaloTrack failed: {err}"
+    if ctx.cookie_name not in cookies:
+        return f"HaloTrack set no {ctx.cookie_name} cookie on a first visit"
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return RequestPlan(Request("GET", "/page", BROWSER_PAGE_HEADERS + (("Cookie", cookie),)))
+
+
+@scenario("new_visitor", "a first page view arriving from a Google Ads click (UTMs and a new gclid each time)",
+          target_vs_bare=0.6)
+def plan_new_visitor(ctx: Context) -> RequestPlan | str:
+    return RequestPlan(Request("GET", "/page?utm_source=google&utm_medium=cpc&gclid={n}", BROWSER_PAGE_HEADERS))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def first_visit_cookies(base_url: str, host: str) -> dict[str, str]:
+    """The cookies a browser holds after one page view through `base_url`: name -> value, in order."""
+    url = base_url.removeprefix("http://")
+    hostport, _, _ = url.partition("/")
+    conn = http.client.HTTPConnection(hostport, timeout=10)
+    try:
+        conn.request("GET", "/page", headers=dict(BROWSER_PAGE_HEADERS) | {"Host": host})
+        response = conn.getresponse()
+        response.read()
+        set_cookies = response.msg.get_all("Set-Cookie") or []
+    finally:
+        conn.close()
+    jar: dict[str, str] = {}
+    for line in set_cookies:
+        try:
+            parsed = SimpleCookie(line)
+        except CookieError:
+            continue
+        for name, morsel in parsed.items():
+            jar[name] = morsel.coded_value
+    return jar
+
+
+def plan_from_json(data: dict) -> RequestPlan:
+    def req(d: dict) -> Request:
+        return Request(d["method"], d["path"], tuple((k, v) for k, v in d["headers"]), d.get("body", ""))
+    return RequestPlan(req(data["request"]), tuple(req(d) for d in data.get("pool", ())))
+
+
+def dumps(plan: RequestPlan) -> str:
+    return json.dumps(plan.to_json())
