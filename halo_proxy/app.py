@@ -8,6 +8,7 @@ Request flow on a tenant host:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -89,14 +90,21 @@ def client_address(request: web.Request, trusted: tuple) -> tuple[str | None, st
     the chain. From anyone else they are replaced: the peer is the client.
     """
     peer = request.remote
-    address = parse_ip(peer)
-    if not trusted or address is None or not any(address in net for net in trusted):
-        return (str(address) if address is not None else None), peer, request.secure
+    if not trusted:  # the common case: no parsing, the socket's address is already canonical
+        return peer, peer, request.secure
+    if not _is_trusted(peer, trusted):
+        return peer, peer, request.secure
     headers = request.headers
     xff = ", ".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
     proto = headers.get("X-Forwarded-Proto")
     https = proto.split(",")[0].strip().lower() == "https" if proto else request.secure
     return client_ip(peer, xff, trusted), (f"{xff}, {peer}" if xff else peer), https
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_trusted(peer: str | None, trusted: tuple) -> bool:
+    address = parse_ip(peer)
+    return address is not None and any(address in net for net in trusted)
 
 
 # ---------------------------------------------------------------------------------------------------------
