@@ -25,6 +25,7 @@ from .api import call as call_route
 from .config import ConfigError, Settings
 from .conversions import Conversions
 from .crypto import KeyRing
+from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import UNKNOWN_TENANT, Metrics
 from .proxy import Proxy, error_page
 from .storage import migrations
@@ -64,6 +65,7 @@ DATABASE = web.AppKey("database", Database)
 WRITER = web.AppKey("visit_writer", VisitWriter)
 TRACKER = web.AppKey("visit_tracker", VisitTracker)
 ROUTES = web.AppKey("routes", Routes)
+WORKER = web.AppKey("delivery_worker", DeliveryWorker)
 
 
 def json_response(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -218,11 +220,22 @@ def storage_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # t
         app[WRITER] = writer
         app[TRACKER] = VisitTracker(app[KEYS], writer, app[METRICS], app[CONFIG].current.server.reserved_prefix,
                                     clock=app[CLOCK])  # type: ignore[arg-type]
-        conversions = Conversions(the_pool, app[KEYS], writer, app[METRICS])
-        app[ROUTES] = Routes(conversions, app[KEYS], RateLimits(), app[CLOCK])  # type: ignore[arg-type]
+        keys = app[KEYS]
+        holder = app[CONFIG]
+        platforms = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+        worker = DeliveryWorker(
+            the_pool, platforms, lambda: holder.current,
+            lambda tenant_id, blob: keys.decrypt(tenant_id, "forwards", "payload_enc", blob),
+            DeliveryMetrics(app[METRICS].registry), clock=app[CLOCK])  # type: ignore[arg-type]
+        worker.start()
+        app[WORKER] = worker
+        conversions = Conversions(the_pool, keys, writer, app[METRICS], on_created=worker.wake)
+        app[ROUTES] = Routes(conversions, keys, RateLimits(), app[CLOCK])  # type: ignore[arg-type]
         yield
         if retry is not None:
             retry.cancel()
+        await worker.stop()  # sends in flight finish and are recorded
+        await platforms.close()
         await writer.close()
         if owned:
             await the_pool.close()

@@ -28,6 +28,22 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply database migrations (HALO_DATABASE_URL, else the embedded database)")
 
+    box = sub.add_parser("outbox", help="see pending sends and dead letters, and requeue them")
+    box_sub = box.add_subparsers(dest="outbox_command", required=True)
+    listing = box_sub.add_parser("list", help="forwards by status, newest first")
+    listing.add_argument("--status", default="dead",
+                         choices=["pending", "sent", "dead", "skipped", "cancelled", "all"])
+    listing.add_argument("--tenant")
+    listing.add_argument("--platform", choices=["meta", "ga4", "google_ads", "tiktok"])
+    listing.add_argument("--limit", type=int, default=50)
+    show = box_sub.add_parser("show", help="one forward in full (never its payload)")
+    show.add_argument("id", type=int)
+    retry = box_sub.add_parser("retry", help="make dead (or backing-off pending) forwards due now")
+    retry.add_argument("ids", type=int, nargs="*", help="forward ids; none: every matching row")
+    retry.add_argument("--status", default="dead", choices=["dead", "pending"])
+    retry.add_argument("--tenant")
+    retry.add_argument("--platform", choices=["meta", "ga4", "google_ads", "tiktok"])
+
     rotate = sub.add_parser("rotate-keys", help="re-encrypt stored personal data under a new key version")
     rotate.add_argument("--config", required=True)
     rotate.add_argument("--to-version", type=int, required=True, help="the new key version (2-255)")
@@ -65,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .server import migrate
 
         return migrate()
+    if args.command == "outbox":
+        from .server import outbox_command
+
+        return outbox_command(args)
     if args.command == "rotate-keys":
         from .server import rotate_keys
 

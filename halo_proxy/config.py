@@ -154,9 +154,23 @@ class Tenant:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    """The delivery worker that every proxy process runs."""
+
+    batch: int = 500  # rows claimed per round
+    lease_s: float = 60.0  # a claimed row is someone else's to retry after this; must outlast a send
+    poll_s: float = 1.0  # how often an idle worker looks for due rows
+    send_timeout_s: float = 10.0
+    backoff_base_s: float = 5.0
+    backoff_cap_s: float = 3600.0
+    max_attempts: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     reserved_prefix: str = "/_halo"
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
 
 @dataclass(frozen=True)
@@ -339,7 +353,8 @@ def _timezone(value: str) -> str | None:
 # Sections.
 
 _TOP_KEYS = {"server", "tenants"}
-_SERVER_KEYS = {"reserved_prefix", "trusted_proxies"}
+_SERVER_KEYS = {"reserved_prefix", "trusted_proxies", "outbox"}
+_OUTBOX_KEYS = {"batch", "lease_s", "poll_s", "send_timeout_s", "backoff_base_s", "backoff_cap_s", "max_attempts"}
 _TENANT_KEYS = {
     "id", "hosts", "upstream", "currency", "default_phone_region", "cookie", "consent", "webhook_secret",
     "api_keys", "forwarders", "timeouts", "upstream_host", "timezone", "attribution", "shopify_secret",
@@ -361,7 +376,24 @@ def _server(r: _Reader, raw: Any) -> ServerSettings:
             networks.append(ipaddress.ip_network(str(item), strict=False))
         except ValueError:
             r.error(f"server.trusted_proxies[{i}]", f"'{item}' is not an IP address or CIDR")
-    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks))
+    outbox = OutboxSettings()
+    odata = r.section("server.outbox", data.get("outbox"), _OUTBOX_KEYS)
+    if odata:
+        w = "server.outbox"
+        d = OutboxSettings()
+        outbox = OutboxSettings(
+            batch=r.get(w, odata, "batch", int, d.batch, check=lambda v: None if 1 <= v <= 5000
+                        else "must be between 1 and 5000"),
+            lease_s=r.get(w, odata, "lease_s", float, d.lease_s, check=_positive),
+            poll_s=r.get(w, odata, "poll_s", float, d.poll_s, check=_positive),
+            send_timeout_s=r.get(w, odata, "send_timeout_s", float, d.send_timeout_s, check=_positive),
+            backoff_base_s=r.get(w, odata, "backoff_base_s", float, d.backoff_base_s, check=_positive),
+            backoff_cap_s=r.get(w, odata, "backoff_cap_s", float, d.backoff_cap_s, check=_positive),
+            max_attempts=r.get(w, odata, "max_attempts", int, d.max_attempts, check=_positive),
+        )
+        if outbox.lease_s <= outbox.send_timeout_s:
+            r.error("server.outbox.lease_s", "must be longer than send_timeout_s, or a slow send is sent twice")
+    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), outbox=outbox)
 
 
 def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:

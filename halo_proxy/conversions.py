@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -47,11 +48,13 @@ class Recorded:
 class Conversions:
     """Records conversions for the routes; all state lives in the database."""
 
-    def __init__(self, pool: asyncpg.Pool, keys: KeyRing, writer: VisitWriter, metrics: Metrics):
+    def __init__(self, pool: asyncpg.Pool, keys: KeyRing, writer: VisitWriter, metrics: Metrics,
+                 on_created: Callable[[], None] | None = None):
         self.pool = pool
         self.keys = keys
         self.writer = writer
         self.metrics = metrics
+        self.on_created = on_created  # the delivery worker's wake-up: forwards are due at once
 
     # -- session references ------------------------------------------------------------------------------
 
@@ -122,6 +125,8 @@ class Conversions:
                 await self._link(conn, tenant, session.id, conversion, now)
         if created:
             self.metrics.conversions.labels(tenant=tenant.id, kind=conversion.kind, match_type=match_type).inc()
+            if forwards and self.on_created is not None:
+                self.on_created()
         return Recorded(self._answer(record), created=created)
 
     async def _match(self, tenant: Tenant, conversion: ConversionInput, cookie_session: uuid.UUID | None,
@@ -263,7 +268,3 @@ def _landing_url(tenant: Tenant, attribution: Attribution) -> str | None:
         return None
     host = next((h for h in tenant.hosts if not h.startswith("*.")), None)
     return f"https://{host}{touch.landing_path}" if host else None
-
-
-def days_between(a: datetime, b: datetime) -> int:
-    return int((b - a) / timedelta(days=1))

@@ -366,3 +366,56 @@ def rotate_keys(config_path: str, to_version: int) -> int:
               f" re-encrypted under key version {to_version}")
     print(f"Now run the proxy with HALO_KEY_VERSION={to_version}.")
     return 0
+
+
+def outbox_command(args) -> int:  # type: ignore[no-untyped-def]
+    """`halo-proxy outbox list|show|retry`."""
+    from .storage import outbox
+    from .storage.db import create_pool
+    from .storage.errors import StorageError
+
+    try:
+        dsn, embedded = open_database()
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            if args.outbox_command == "list":
+                status = None if args.status == "all" else args.status
+                rows = await outbox.list_forwards(pool, status, args.tenant, args.limit, platform=args.platform)
+                print(f"{'id':>8}  {'tenant':<12} {'platform':<10} {'status':<9} {'tries':>5}  "
+                      f"{'next attempt':<20} {'reason':<22} event id")
+                for r in rows:
+                    print(f"{r.id:>8}  {r.tenant_id:<12} {r.platform:<10} {r.status:<9} {r.attempts:>5}  "
+                          f"{r.next_attempt_at:%Y-%m-%d %H:%M:%S}  {(r.reason or '-'):<22} {r.event_id}")
+                print(f"{len(rows)} row(s)")
+                return 0
+            if args.outbox_command == "show":
+                row = await outbox.get_forward(pool, args.id)
+                if row is None:
+                    print(f"halo-proxy: no forward with id {args.id}", file=sys.stderr)
+                    return 1
+                for name in ("id", "tenant_id", "conversion_id", "platform", "event_id", "status", "reason",
+                             "attempts", "next_attempt_at", "locked_until", "locked_by", "last_error",
+                             "created_at", "sent_at", "updated_at"):
+                    print(f"{name:>16}: {getattr(row, name)}")
+                print(f"{'payload':>16}: {'encrypted, ' + str(len(row.payload_enc)) + ' bytes' if row.payload_enc else 'none'}")
+                return 0
+            count = await outbox.requeue(pool, args.tenant, ids=args.ids or None, status=args.status,
+                                         platform=args.platform)
+            print(f"requeued {count} forward(s); running proxies send them within a second")
+            return 0
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as err:
+        print(f"halo-proxy: {err} (has `halo-proxy migrate` run against this database?)", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
