@@ -1,0 +1,374 @@
+"""Conversions forwarded to fake Meta, GA4, Data Manager and TikTok servers that check every request.
+
+In-process: the consent gate, answers before any platform call, retries with Retry-After, transient and permanent
+errors, age limits, hangs, graceful stop. As processes: a worker killed by SIGKILL between the send and the
+database update (the event is sent again with the same event id, nothing lost), and two processes draining one
+outbox without sending anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+
+from halo_proxy.app import WORKER, create_app
+from halo_proxy.config import parse
+from halo_proxy.crypto import KeyRing
+from halo_proxy.metrics import Metrics
+from halo_proxy.storage import outbox
+from tests.fakes.platforms import (
+    HANG,
+    OK,
+    PERMANENT,
+    RATE_LIMITED,
+    TRANSIENT,
+    FakeDataManager,
+    FakeGa4,
+    FakeMeta,
+    FakeTikTok,
+    serve,
+)
+from tests.procs import TEST_SECRET, ProxyProcess
+from tests.upstream import create_upstream
+
+HOST = "shop.localhost"
+SECRET = "whsec-test-0123456789abcdef"
+KEYS = KeyRing(TEST_SECRET)
+BROWSER = {"Host": HOST, "Accept": "text/html", "Sec-Fetch-Dest": "document",
+           "User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                         "Version/17.5 Safari/605.1.15"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def tenant_yaml(upstream_port: int, fakes: dict, *, outbox_extra: str = "") -> str:
+    meta, ga4, gads, tiktok = fakes["meta"], fakes["ga4"], fakes["google_ads"], fakes["tiktok"]
+    return f"""
+server:
+  outbox: {{poll_s: 0.05, send_timeout_s: 1, lease_s: 3, backoff_base_s: 1, backoff_cap_s: 10{outbox_extra}}}
+tenants:
+  - id: shop
+    hosts: [{HOST}]
+    upstream: http://127.0.0.1:{upstream_port}
+    currency: CZK
+    default_phone_region: CZ
+    webhook_secret: {SECRET}
+    forwarders:
+      meta: {{pixel_id: "{meta.pixel_id}", access_token: {meta.access_token}, base_url: "{meta.base}"}}
+      ga4: {{measurement_id: {ga4.measurement_id}, api_secret: {ga4.api_secret}, base_url: "{ga4.base}"}}
+      google_ads: {{account_id: "{gads.account_id}", conversion_action_id: "{gads.conversion_action_id}",
+                    access_token: {gads.access_token}, base_url: "{gads.base}"}}
+      tiktok: {{pixel_code: {tiktok.pixel_code}, access_token: {tiktok.access_token}, base_url: "{tiktok.base}"}}
+"""
+
+
+def sign(body: bytes, t: int) -> str:
+    return f"t={t},v1={hmac.new(SECRET.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
+
+
+@pytest.fixture
+async def fakes(aiohttp_server):
+    made = {"meta": FakeMeta(), "ga4": FakeGa4(), "google_ads": FakeDataManager(), "tiktok": FakeTikTok()}
+    for fake in made.values():
+        fake.base = await serve(aiohttp_server, fake)
+    return made
+
+
+@pytest.fixture
+async def clean(db_pool):
+    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards CASCADE")
+    return db_pool
+
+
+@pytest.fixture
+def clock(fakes):
+    c = Clock()
+    for fake in fakes.values():
+        fake.now = c
+    return c
+
+
+@pytest.fixture
+async def upstream(aiohttp_server):
+    return await aiohttp_server(create_upstream())
+
+
+@pytest.fixture
+async def site(aiohttp_server, upstream, fakes, clean, clock):
+    settings = parse(tenant_yaml(upstream.port, fakes), "t.yaml", {})
+    server = await aiohttp_server(create_app(settings, Metrics(), keys=KEYS, pool=clean, migrate=False,
+                                             clock=clock))
+    yield server
+    await server.close()  # before the pool it uses is closed
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
+async def land(http, base: str, query: str, **headers: str) -> str:
+    async with http.get(f"{base}/?{query}", headers={**BROWSER, **headers}) as resp:
+        assert resp.status == 200
+        return resp.cookies["_halo"].value
+
+
+async def lead(http, base: str, payload: dict, now: datetime, host: str = HOST) -> tuple[int, dict]:
+    body = json.dumps(payload).encode()
+    headers = {"Host": host, "Content-Type": "application/json", "X-Halo-Signature": sign(body, int(now.timestamp()))}
+    async with http.post(f"{base}/_halo/webhook/lead", data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+def base_of(server) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def wait_drained(pool, within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        counts = await outbox.count_by_status(pool)
+        if counts.get("pending", 0) == 0 and counts.get("sent", 0) > 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the outbox was not drained: {await outbox.count_by_status(pool)}")
+
+
+async def wait_rows(pool, status: str, count: int, within: float = 10.0) -> list:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        rows = await outbox.list_forwards(pool, status, "shop", 1000)
+        if len(rows) >= count:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} {status} forwards, have {await outbox.count_by_status(pool)}")
+
+
+async def test_a_consented_lead_reaches_every_platform_with_one_event_id(site, http, fakes, clean, clock):
+    cookie = await land(http, base_of(site), "utm_source=google&utm_medium=cpc&gclid=Cj0-gclid&fbclid=IwAR-fb"
+                        "&ttclid=E.C.P.tt")
+    status, body = await lead(http, base_of(site), {"email": "John_Smith@gmail.com", "phone": "+1 (650) 555-1212",
+                                                    "session_id": cookie, "value": 120, "event_id": "lead-7"},
+                              clock.now)
+    assert status == 201
+    await wait_rows(clean, "sent", 4)
+    ids = set()
+    for name, fake in fakes.items():
+        assert fake.rejected == [], (name, [x.problems for x in fake.rejected])
+        events = fake.events
+        assert len(events) == 1, name
+        ids.add(json.dumps(events[0].get("event_id") or events[0].get("transactionId")
+                           or events[0].get("params", {}).get("transaction_id")))
+    meta_event = fakes["meta"].events[0]
+    assert meta_event["event_name"] == "Lead" and meta_event["action_source"] == "website"
+    user = meta_event["user_data"]
+    assert user["em"] == [hashlib.sha256(b"john_smith@gmail.com").hexdigest()] or \
+        user["em"] == hashlib.sha256(b"john_smith@gmail.com").hexdigest()
+    assert user["client_ip_address"] == "127.0.0.1"
+    assert user["fbc"].endswith(".IwAR-fb")
+    assert fakes["google_ads"].events[0]["adIdentifiers"] == {"gclid": "Cj0-gclid"}
+    assert fakes["tiktok"].events[0]["user"]["ttclid"] == "E.C.P.tt"
+    stored = {r.event_id for r in await outbox.list_forwards(clean, "sent", "shop", 10)}
+    assert len(stored) == 1  # one stable event id for the conversion, on every platform
+    assert meta_event["event_id"] in stored
+
+
+async def test_the_answer_comes_before_any_platform_call(site, http, fakes, clean, clock):
+    for fake in fakes.values():
+        fake.set_mode(HANG)
+    cookie = await land(http, base_of(site), "utm_source=google&utm_medium=cpc&gclid=g1")
+    started = time.monotonic()
+    status, _ = await lead(http, base_of(site), {"email": "a@example.com", "session_id": cookie}, clock.now)
+    assert status == 201
+    assert time.monotonic() - started < 0.9  # less than the 1 s send timeout: nothing waited for a platform
+    await fakes["meta"].wait_for_exchanges(1)
+    assert await clean.fetchval("SELECT count(*) FROM conversions") == 1
+
+
+@pytest.mark.parametrize("consent,expected", [
+    ({"cookieyes-consent": "consentid:a,consent:yes,action:yes,analytics:yes,advertisement:no"}, "no_consent"),
+    ({"Sec-GPC": "1"}, "gpc"),
+])
+async def test_consent_gate_skips_with_a_reason(site, http, fakes, clean, clock, consent, expected):
+    headers = {}
+    if "cookieyes-consent" in consent:
+        headers["Cookie"] = f"cookieyes-consent={consent['cookieyes-consent']}"
+    else:
+        headers.update(consent)
+    cookie = await land(http, base_of(site), "utm_source=google&utm_medium=cpc&gclid=g2", **headers)
+    status, _ = await lead(http, base_of(site), {"email": "a@example.com", "session_id": cookie}, clock.now)
+    assert status == 201
+    rows = await outbox.list_forwards(clean, "skipped", "shop", 10)
+    assert len(rows) == 4 and {r.reason for r in rows} == {expected}
+    assert all(r.payload_enc is None for r in rows)
+    assert sum(len(f.exchanges) for f in fakes.values()) == 0
+
+
+async def test_explicit_form_consent_forwards_an_unmatched_lead(site, http, fakes, clean, clock):
+    status, body = await lead(http, base_of(site), {"email": "solo@example.com", "consent_marketing": True},
+                              clock.now)
+    assert status == 201 and body["match_type"] == "none"
+    # Meta and TikTok match on the hashed email; GA4 and Google Ads need a click or client id too.
+    await fakes["meta"].wait_for_events(1)
+    await fakes["tiktok"].wait_for_events(1)
+    status, _ = await lead(http, base_of(site), {"email": "nope@example.com"}, clock.now)
+    assert {r.reason for r in await outbox.list_forwards(clean, "skipped", "shop", 10)} == {"no_session_consent"}
+
+
+async def test_429_waits_at_least_retry_after_then_sends(site, http, fakes, clean, clock):
+    fakes["meta"].retry_after_s = 30
+    fakes["meta"].answer(RATE_LIMITED, then=OK)
+    cookie = await land(http, base_of(site), "utm_source=facebook&utm_medium=cpc&fbclid=f1")
+    await lead(http, base_of(site), {"email": "a@example.com", "session_id": cookie}, clock.now)
+    await fakes["meta"].wait_for_exchanges(1)
+    row = await wait_meta(clean, lambda r: r.reason in ("http_429", "meta_throttled"))
+    assert row.next_attempt_at >= clock.now + timedelta(seconds=30)
+    await site.app[WORKER].run_once()
+    assert len(fakes["meta"].exchanges) == 1  # not due yet
+    clock.now += timedelta(seconds=31)
+    site.app[WORKER].wake()
+    await fakes["meta"].wait_for_events(1)
+    row = await wait_meta(clean, lambda r: r.status == "sent")
+    assert row.attempts == 2
+
+
+async def wait_meta(pool, predicate, within: float = 10.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        rows = [r for r in await outbox.list_forwards(pool, None, "shop", 50) if r.platform == "meta"]
+        if rows and predicate(rows[0]):
+            return rows[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"meta forward never matched: {rows}")
+
+
+async def test_transient_is_retried_and_permanent_is_dead_lettered(site, http, fakes, clean, clock):
+    fakes["meta"].answer(TRANSIENT, then=OK)
+    fakes["tiktok"].set_mode(PERMANENT)
+    cookie = await land(http, base_of(site), "utm_source=tiktok&utm_medium=cpc&ttclid=E.C.P.x&fbclid=f2")
+    await lead(http, base_of(site), {"email": "a@example.com", "session_id": cookie}, clock.now)
+    row = await wait_meta(clean, lambda r: r.reason == "meta_transient")
+    clock.now = row.next_attempt_at + timedelta(seconds=1)
+    site.app[WORKER].wake()
+    await wait_meta(clean, lambda r: r.status == "sent")
+    dead = await wait_rows(clean, "dead", 1)
+    assert dead[0].platform == "tiktok" and dead[0].reason == "auth"  # TikTok 40001: a permission error
+    assert "40001" in (dead[0].last_error or "")
+
+
+async def test_a_hanging_platform_times_out_and_is_retried(site, http, fakes, clean, clock):
+    fakes["meta"].answer(HANG, then=OK)
+    cookie = await land(http, base_of(site), "utm_source=facebook&utm_medium=cpc&fbclid=f3")
+    await lead(http, base_of(site), {"email": "a@example.com", "session_id": cookie}, clock.now)
+    row = await wait_meta(clean, lambda r: r.reason == "timeout")
+    assert row.status == "pending"
+
+
+async def test_events_older_than_a_platform_accepts_are_dead_lettered_not_sent(site, http, fakes, clean, clock):
+    cookie = await land(http, base_of(site), "utm_source=google&utm_medium=cpc&gclid=old&fbclid=old")
+    body = json.dumps({"order_id": "old-1", "value": 10, "email": "a@example.com", "session_id": cookie,
+                       "occurred_at": (clock.now - timedelta(days=8)).isoformat()}).encode()
+    headers = {"Host": HOST, "Content-Type": "application/json", "X-Halo-Signature": sign(body, int(clock.now.timestamp()))}
+    async with http.post(f"{base_of(site)}/_halo/webhook/order", data=body, headers=headers) as resp:
+        assert resp.status == 201
+    dead = await wait_rows(clean, "dead", 3)
+    assert {(r.platform, r.reason) for r in dead} == {("meta", "too_old"), ("ga4", "too_old"), ("tiktok", "too_old")}
+    await wait_rows(clean, "sent", 1)  # Google Ads takes clicks up to 90 days old
+    assert fakes["meta"].exchanges == [] and fakes["ga4"].exchanges == [] and fakes["tiktok"].exchanges == []
+
+
+async def test_stop_finishes_the_send_in_flight(aiohttp_server, upstream, fakes, clean, clock, http):
+    settings = parse(tenant_yaml(upstream.port, fakes), "t.yaml", {})
+    server = await aiohttp_server(create_app(settings, Metrics(), keys=KEYS, pool=clean, migrate=False,
+                                             clock=clock))
+    worker = server.app[WORKER]
+    fakes["meta"].set_mode(HANG)
+    cookie = await land(http, base_of(server), "utm_source=facebook&utm_medium=cpc&fbclid=f4")
+    await lead(http, base_of(server), {"email": "a@example.com", "session_id": cookie}, clock.now)
+    await fakes["meta"].wait_for_exchanges(1)
+    await worker.stop()  # waits for the round: the hung send times out and is recorded for a retry
+    row = await wait_meta(clean, lambda r: r.reason == "timeout", within=1)
+    assert row.locked_by is None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processes.
+
+
+async def start_proxy(tmp_path, upstream, fakes, database, name: str) -> ProxyProcess:
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(tenant_yaml(upstream.port, fakes))
+    return await ProxyProcess(config, env={"HALO_DATABASE_URL": database.dsn}).start(HOST)
+
+
+async def test_sigkill_between_send_and_update_resends_with_the_same_event_id(tmp_path, upstream, fakes, database,
+                                                                            clean, http):
+    fakes["meta"].set_mode(HANG)
+    first = await start_proxy(tmp_path, upstream, fakes, database, "first")
+    try:
+        cookie = await land(http, first.base, "utm_source=facebook&utm_medium=cpc&fbclid=kill")
+        status, _ = await lead(http, first.base, {"email": "k@example.com", "session_id": cookie},
+                               datetime.now(UTC))
+        assert status == 201
+        await fakes["meta"].wait_for_exchanges(1, within=10)
+        first.signal(signal.SIGKILL)  # the platform has the event; the database does not know it was sent
+        assert await first.stop() == -signal.SIGKILL
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+    sent_once = fakes["meta"].exchanges[0].body["data"][0]["event_id"]
+    row = await wait_meta(clean, lambda r: r.status == "pending")
+    fakes["meta"].set_mode(OK)
+    fakes["meta"]._release.set()  # noqa: SLF001 - let the orphaned request finish
+    second = await start_proxy(tmp_path, upstream, fakes, database, "second")
+    try:
+        await fakes["meta"].wait_for_events(1, within=15)
+        row = await wait_meta(clean, lambda r: r.status == "sent", within=15)
+        await wait_drained(clean, within=15)
+    finally:
+        assert await second.stop() == 0
+    assert fakes["meta"].events[0]["event_id"] == sent_once
+    assert row.attempts == 2
+    counts = await outbox.count_by_status(clean)
+    assert counts == {"sent": 4}, counts  # none lost
+    for name in ("tiktok",):  # at least once, always under the same event id
+        assert {e["event_id"] for e in fakes[name].events} == {sent_once}
+
+
+async def test_two_processes_drain_one_outbox_without_a_double_send(tmp_path, upstream, fakes, database, clean,
+                                                                   http):
+    for fake in fakes.values():
+        fake.set_mode(HANG)  # hold everything until both processes have rows waiting
+    a = await start_proxy(tmp_path, upstream, fakes, database, "a")
+    b = await start_proxy(tmp_path, upstream, fakes, database, "b")
+    try:
+        now = datetime.now(UTC)
+        results = await asyncio.gather(*(
+            lead(http, (a if i % 2 else b).base, {"email": f"p{i}@example.com", "consent_marketing": True,
+                                                  "event_id": f"bulk-{i}"}, now) for i in range(60)))
+        assert all(status == 201 for status, _ in results)
+        for fake in fakes.values():
+            fake.set_mode(OK)
+            fake._release.set()  # noqa: SLF001
+        await wait_drained(clean, within=40)
+    finally:
+        assert await a.stop() == 0
+        assert await b.stop() == 0
+    for name in ("meta", "tiktok"):
+        ids = [e["event_id"] for e in fakes[name].events]
+        assert len(ids) == 60 and len(set(ids)) == 60, name
