@@ -70,12 +70,14 @@ class Conversions:
         except ValueError:
             return None
 
-    async def find_session(self, tenant: Tenant, session_id: uuid.UUID) -> SessionRecord | None:
-        record = await session_store.get_session(self.pool, tenant.id, session_id)
+    async def find_session(self, tenant: Tenant, session_id: uuid.UUID,
+                           conn: asyncpg.Connection | None = None) -> SessionRecord | None:
+        db = conn if conn is not None else self.pool
+        record = await session_store.get_session(db, tenant.id, session_id)
         if record is None:
             # A visitor who converts right after landing: the session may still be queued for writing.
             await self.writer.flush()
-            record = await session_store.get_session(self.pool, tenant.id, session_id)
+            record = await session_store.get_session(db, tenant.id, session_id)
         return record
 
     # -- identify ----------------------------------------------------------------------------------------
@@ -100,28 +102,22 @@ class Conversions:
 
     async def record(self, tenant: Tenant, conversion: ConversionInput, cookie_session: uuid.UUID | None,
                      now: datetime, *, gpc: bool = False) -> Recorded:
-        if conversion.external_id is not None:
-            existing = await conversion_store.find_by_external_id(self.pool, tenant.id, conversion.kind,
-                                                                  conversion.external_id)
-            if existing is not None:
-                return Recorded(self._answer(existing), created=False)
-
+        """Match, attribute and store one conversion with its forwards; a repeated idempotency key returns the
+        first answer. The insert is one atomic statement: the conversion and its outbox rows, or nothing."""
         converted_at = conversion.occurred_at or now
-        session, match_type = await self._match(tenant, conversion, cookie_session, converted_at)
-        if session is not None:
-            touches = await session_store.list_touches(
-                self.pool, tenant.id, session.id, until=converted_at)
-            attribution = attribute(touches, match_type=match_type, session_id=str(session.id),
-                                    converted_at=converted_at, lookback_days=tenant.lookback_days)
-        else:
-            attribution = Attribution()
-
-        conversion_id = uuid.uuid4()
-        write = self._write(tenant, conversion, conversion_id, attribution, now)
-        forwards = self._forwards(tenant, conversion, conversion_id, session, attribution, converted_at, gpc)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
+            session, match_type = await self._match(conn, tenant, conversion, cookie_session, converted_at)
+            if session is not None:
+                touches = await session_store.list_touches(conn, tenant.id, session.id, until=converted_at)
+                attribution = attribute(touches, match_type=match_type, session_id=str(session.id),
+                                        converted_at=converted_at, lookback_days=tenant.lookback_days)
+            else:
+                attribution = Attribution()
+            conversion_id = uuid.uuid4()
+            write = self._write(tenant, conversion, conversion_id, attribution, now)
+            forwards = self._forwards(tenant, conversion, conversion_id, session, attribution, converted_at, gpc)
             record, created = await conversion_store.insert_conversion(conn, write, forwards)
-            if created and session is not None:
+            if created and session is not None and (conversion.email or conversion.phone):
                 await self._link(conn, tenant, session.id, conversion, now)
         if created:
             self.metrics.conversions.labels(tenant=tenant.id, kind=conversion.kind, match_type=match_type).inc()
@@ -129,21 +125,21 @@ class Conversions:
                 self.on_created()
         return Recorded(self._answer(record), created=created)
 
-    async def _match(self, tenant: Tenant, conversion: ConversionInput, cookie_session: uuid.UUID | None,
-                     at: datetime) -> tuple[SessionRecord | None, str]:
+    async def _match(self, conn: asyncpg.Connection, tenant: Tenant, conversion: ConversionInput,
+                     cookie_session: uuid.UUID | None, at: datetime) -> tuple[SessionRecord | None, str]:
         for candidate in (cookie_session, self.session_from_ref(tenant, conversion.session_ref)):
             if candidate is not None:
-                record = await self.find_session(tenant, candidate)
+                record = await self.find_session(tenant, candidate, conn)
                 if record is not None:
                     return record, "session"
         for kind, value in (("email", conversion.email), ("phone", conversion.phone)):
             if value is None:
                 continue
             bidx = self.keys.blind_index(tenant.id, kind, value)
-            linked = await identity_store.sessions_for(self.pool, tenant.id, kind, bidx, at)
+            linked = await identity_store.sessions_for(conn, tenant.id, kind, bidx, at)
             chosen = choose_session([(item.session_id, item.last_touch_at) for item in linked])
             if chosen is not None:
-                record = await session_store.get_session(self.pool, tenant.id, chosen)
+                record = await session_store.get_session(conn, tenant.id, chosen)
                 if record is not None:
                     return record, kind
         return None, "none"

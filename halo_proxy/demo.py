@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -98,4 +97,6 @@ def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
         finally:
             await site_runner.cleanup()
 
-    return asyncio.run(main())
+    from .server import run_loop
+
+    return run_loop(main())

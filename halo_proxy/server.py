@@ -24,6 +24,15 @@ DRAIN_SECONDS = 30.0
 SECRET_FILE = "secret.key"
 
 
+def run_loop(coro):  # type: ignore[no-untyped-def]
+    """Run the proxy's event loop: uvloop (libuv) when installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 class StartupError(Exception):
     """The process cannot start; the message tells the operator what to fix."""
 
@@ -153,7 +162,7 @@ def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop installs its own reload handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
-    code = asyncio.run(run_worker(config_path, host, port, 0, serve_metrics=False, ready=ready))
+    code = run_loop(run_worker(config_path, host, port, 0, serve_metrics=False, ready=ready))
     sys.exit(code)
 
 
@@ -168,7 +177,7 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
         return 2
     del settings
     if workers == 1:
-        return asyncio.run(run_worker(config_path, host, port, metrics_port))
+        return run_loop(run_worker(config_path, host, port, metrics_port))
     try:
         load_keys(generate=False)  # refuse early, before any worker starts
         dsn, embedded = open_database()  # one server for all workers, stopped after the last one exits
