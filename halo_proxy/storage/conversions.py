@@ -23,7 +23,8 @@ from uuid import UUID
 
 import asyncpg
 
-from halo_proxy.tracking.models import CONVERSION_KINDS, MATCH_TYPES, Attribution, Touch
+from halo_proxy.tracking.attribution import attribution_from_record, attribution_record
+from halo_proxy.tracking.models import CONVERSION_KINDS, MATCH_TYPES, Attribution
 
 from .db import translate_errors
 from .errors import StorageError
@@ -35,8 +36,6 @@ __all__ = [
     "ConversionWrite",
     "Rewrap",
     "anonymize_conversions",
-    "attribution_from_json",
-    "attribution_to_json",
     "find_by_external_id",
     "find_for_person",
     "get_conversion",
@@ -122,71 +121,6 @@ class ConversionRecord:
     anonymized_at: datetime | None
 
 
-# -- attribution as JSON ----------------------------------------------------------------------------------------
-# Click ids are lists of [name, value] pairs: jsonb does not keep the order of object keys.
-
-_TOUCH_FIELDS = (
-    "source",
-    "medium",
-    "campaign",
-    "term",
-    "content",
-    "utm_id",
-    "channel",
-    "referrer_domain",
-    "referrer_url",
-    "landing_path",
-)
-
-
-def _touch_to_json(touch: Touch) -> dict[str, Any]:
-    data: dict[str, Any] = {"at": touch.at.isoformat()}
-    for name in _TOUCH_FIELDS:
-        value = getattr(touch, name)
-        if value is not None:
-            data[name] = value
-    if touch.click_ids:
-        data["click_ids"] = [list(pair) for pair in touch.click_ids]
-    return data
-
-
-def _touch_from_json(data: dict[str, Any]) -> Touch:
-    values = {name: data[name] for name in _TOUCH_FIELDS if name in data}
-    return Touch(
-        at=datetime.fromisoformat(data["at"]),
-        click_ids=tuple((name, value) for name, value in data.get("click_ids", ())),
-        **values,
-    )
-
-
-def attribution_to_json(attribution: Attribution) -> dict[str, Any]:
-    """The stored form of an attribution (a jsonb object); `attribution_from_json` reads it back."""
-    return {
-        "match_type": attribution.match_type,
-        "session_id": None if attribution.session_id is None else str(attribution.session_id),
-        "first_touch": None if attribution.first_touch is None else _touch_to_json(attribution.first_touch),
-        "last_touch": None if attribution.last_touch is None else _touch_to_json(attribution.last_touch),
-        "days_to_convert": attribution.days_to_convert,
-        "click_ids": [list(pair) for pair in attribution.click_ids],
-        "touches": [_touch_to_json(t) for t in attribution.touches],
-    }
-
-
-def attribution_from_json(data: dict[str, Any] | None) -> Attribution:
-    if not data:
-        return Attribution()
-    first, last = data.get("first_touch"), data.get("last_touch")
-    return Attribution(
-        match_type=data.get("match_type", "none"),
-        session_id=data.get("session_id"),
-        first_touch=None if first is None else _touch_from_json(first),
-        last_touch=None if last is None else _touch_from_json(last),
-        days_to_convert=data.get("days_to_convert"),
-        click_ids=tuple((name, value) for name, value in data.get("click_ids", ())),
-        touches=tuple(_touch_from_json(t) for t in data.get("touches", ())),
-    )
-
-
 # -- writes -----------------------------------------------------------------------------------------------------
 
 _COLUMNS = (
@@ -259,7 +193,7 @@ def _insert_args(write: ConversionWrite, forwards: Sequence[ForwardWrite]) -> tu
         write.consent_marketing,
         _session_uuid(write.attribution.session_id),
         write.attribution.match_type,
-        attribution_to_json(write.attribution),
+        attribution_record(write.attribution),
         write.response,
         [f.platform for f in forwards],
         [f.event_id for f in forwards],
@@ -272,7 +206,7 @@ def _insert_args(write: ConversionWrite, forwards: Sequence[ForwardWrite]) -> tu
 
 def _record(row: asyncpg.Record) -> ConversionRecord:
     data = dict(row)
-    data["attribution"] = attribution_from_json(data["attribution"])
+    data["attribution"] = attribution_from_record(data["attribution"]) if data["attribution"] else Attribution()
     return ConversionRecord(**data)
 
 
