@@ -12,7 +12,10 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -372,3 +375,32 @@ async def test_two_processes_drain_one_outbox_without_a_double_send(tmp_path, up
     for name in ("meta", "tiktok"):
         ids = [e["event_id"] for e in fakes[name].events]
         assert len(ids) == 60 and len(set(ids)) == 60, name
+
+
+async def test_outbox_commands_list_show_and_requeue_dead_letters(site, http, fakes, clean, clock, database):
+    fakes["tiktok"].set_mode(PERMANENT)
+    cookie = await land(http, base_of(site), "utm_source=tiktok&utm_medium=cpc&ttclid=E.C.P.cli")
+    await lead(http, base_of(site), {"email": "cli@example.com", "session_id": cookie}, clock.now)
+    dead = await wait_rows(clean, "dead", 1)
+    env = {**os.environ, "HALO_DATABASE_URL": database.dsn, "HALO_SECRET_KEY": TEST_SECRET}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "halo_proxy", "--log-level", "WARNING", "outbox", *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    listed = cli("list", "--status", "dead", "--tenant", "shop")
+    assert listed.returncode == 0 and "tiktok" in listed.stdout and "1 row(s)" in listed.stdout
+    shown = cli("show", str(dead[0].id))
+    assert shown.returncode == 0 and "40001" in shown.stdout and "encrypted" in shown.stdout
+    assert "cli@example.com" not in shown.stdout
+    fakes["tiktok"].set_mode(OK)
+    retried = cli("retry", str(dead[0].id))
+    assert retried.returncode == 0 and "requeued 1" in retried.stdout
+    clock.now = datetime.now(UTC) + timedelta(seconds=1)  # requeued rows are due at the database's now
+    site.app[WORKER].wake()
+    await fakes["tiktok"].wait_for_events(1)
+    await wait_drained(clean, within=10)
+    await site.app[WORKER].update_gauges()
+    registry = site.app[WORKER].metrics.depth._metrics  # noqa: SLF001 - read the gauge children directly
+    assert all(child._value.get() == 0 for child in registry.values())  # noqa: SLF001
+    assert cli("show", "999999").returncode == 1
