@@ -61,8 +61,15 @@ class Metrics:
         self.forward_skips = Counter(
             "halo_forward_skips_total", "Forwards not sent because of the consent gate, by reason.",
             ["tenant", "platform", "reason"], registry=r)
+        # Children of labelled metrics used on every request, looked up once per label set. Label values come
+        # from closed sets (tenant ids, status classes, reasons), so these stay small.
         self._status_children: dict[tuple[str, int], Counter] = {}
         self._visit_children: dict[tuple[str, str, str], Counter] = {}
+        self._request_seconds_children: dict[str, Histogram] = {}
+        self._upstream_seconds_children: dict[str, Histogram] = {}
+        self._skipped_children: dict[tuple[str, str], Counter] = {}
+        self._sessions_created_children: dict[str, Counter] = {}
+        self._touches_children: dict[str, Counter] = {}
 
     def count_request(self, tenant: str, status: int, seconds: float) -> None:
         """Hot path: label lookups are cached per (tenant, class)."""
@@ -73,7 +80,35 @@ class Metrics:
             child = self.requests.labels(tenant=tenant, status_class=f"{cls}xx")
             self._status_children[key] = child
         child.inc()
-        self.request_seconds.labels(tenant=tenant).observe(seconds)
+        histogram = self._request_seconds_children.get(tenant)
+        if histogram is None:
+            histogram = self._request_seconds_children[tenant] = self.request_seconds.labels(tenant=tenant)
+        histogram.observe(seconds)
+
+    def upstream_time(self, tenant: str, seconds: float) -> None:
+        histogram = self._upstream_seconds_children.get(tenant)
+        if histogram is None:
+            histogram = self._upstream_seconds_children[tenant] = self.upstream_seconds.labels(tenant=tenant)
+        histogram.observe(seconds)
+
+    def skip(self, tenant: str, reason: str) -> None:
+        key = (tenant, reason)
+        child = self._skipped_children.get(key)
+        if child is None:
+            child = self._skipped_children[key] = self.skipped.labels(tenant=tenant, reason=reason)
+        child.inc()
+
+    def session_created(self, tenant: str) -> None:
+        child = self._sessions_created_children.get(tenant)
+        if child is None:
+            child = self._sessions_created_children[tenant] = self.sessions_created.labels(tenant=tenant)
+        child.inc()
+
+    def touch(self, tenant: str) -> None:
+        child = self._touches_children.get(tenant)
+        if child is None:
+            child = self._touches_children[tenant] = self.touches.labels(tenant=tenant)
+        child.inc()
 
     def visit(self, tenant: str, consent: str, channel: str) -> None:
         key = (tenant, consent, channel)

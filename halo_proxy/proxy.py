@@ -7,6 +7,7 @@ Correctness rules (RFC 9110 section 7.6, RFC 9112 section 6) and their tests are
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ HOP_BY_HOP = frozenset(
 )
 # Headers of the client request we replace with our own values.
 REPLACED_REQUEST = frozenset(("host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length"))
+# Never copied from the client request as is: hop-by-hop, replaced, and Via (extended below).
+_NOT_COPIED = HOP_BY_HOP | REPLACED_REQUEST | {"via"}
 VIA_TOKEN = "halotrack"
 BODYLESS_STATUS = frozenset((204, 304))
 CHUNK = 64 * 1024
@@ -54,21 +57,14 @@ def upstream_request_headers(request: web.Request, tenant: Tenant, client_ip: st
                              forwarded_for: str | None) -> CIMultiDict[str]:
     """The headers sent upstream: client headers minus hop-by-hop ones, with forwarding headers set."""
     incoming = request.headers
-    drop = HOP_BY_HOP | connection_tokens(incoming) if "Connection" in incoming else HOP_BY_HOP
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lname = name.lower()
-        if lname in drop or lname in REPLACED_REQUEST:
-            continue
-        if lname == "via":
-            continue
-        out.add(name, value)
-    host = request.host
-    if tenant.upstream_host == "original":
-        out["Host"] = host
+    if "Connection" in incoming:
+        drop = _NOT_COPIED | connection_tokens(incoming)
     else:
-        up = URL(tenant.upstream)
-        out["Host"] = up.raw_host if up.is_default_port() else f"{up.raw_host}:{up.port}"
+        drop = _NOT_COPIED
+    out: CIMultiDict[str] = CIMultiDict([(name, value) for name, value in incoming.items()
+                                         if name.lower() not in drop])
+    host = request.host
+    out["Host"] = host if tenant.upstream_host == "original" else _upstream_host(tenant.upstream)
     if "Content-Length" in incoming and "Transfer-Encoding" not in incoming:
         out["Content-Length"] = incoming["Content-Length"]
     out["X-Forwarded-For"] = forwarded_for if forwarded_for else (client_ip or "unknown")
@@ -79,10 +75,19 @@ def upstream_request_headers(request: web.Request, tenant: Tenant, client_ip: st
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _upstream_host(upstream: str) -> str:
+    """The Host header for an upstream URL (the port only when it is not the scheme's default)."""
+    up = URL(upstream)
+    return up.raw_host if up.is_default_port() else f"{up.raw_host}:{up.port}"
+
+
 def response_headers(upstream: aiohttp.ClientResponse, tenant: Tenant, request: web.Request) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones; each Set-Cookie kept as its own line."""
     raw = upstream.headers
     drop = HOP_BY_HOP | connection_tokens(raw) if "Connection" in raw else HOP_BY_HOP
+    if "Location" not in raw and "Content-Location" not in raw:
+        return CIMultiDict([(name, value) for name, value in raw.items() if name.lower() not in drop])
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in raw.items():
         lname = name.lower()
@@ -167,7 +172,7 @@ class Proxy:
                                 "The connection to the site was reset.")
         except aiohttp.ClientError:
             return self._failed(tenant, "other", 502, "Bad Gateway", "The site could not be reached.")
-        self.metrics.upstream_seconds.labels(tenant=tenant.id).observe(time.perf_counter() - started)
+        self.metrics.upstream_time(tenant.id, time.perf_counter() - started)
 
         async with upstream:
             out_headers = response_headers(upstream, tenant, request)
