@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -72,6 +73,12 @@ _COOKIE_RAW_BYTES = 1 + 16 + COOKIE_TAG_BYTES  # 33 bytes: a multiple of 3, so b
 _COOKIE_CHARS = _COOKIE_RAW_BYTES * 4 // 3  # 44
 _COOKIE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_COOKIE_CHARS}}}")
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+
+# Opened cookie values and IP hashes are pure functions of (tenant, input): bounded LRU caches per ring spare
+# returning visitors the HMAC. Only inputs of the accepted shape are cached, so an entry stays small.
+SESSION_CACHE_SIZE = 8192
+IP_HASH_CACHE_SIZE = 8192
+_IP_MAX_CHARS = 64
 
 _NONCE_BYTES = 12
 _GCM_TAG_BYTES = 16
@@ -205,7 +212,7 @@ class KeyRing:
     (`reencrypt`) rows whose `blob_version` is older.
     """
 
-    __slots__ = ("_master", "_current_version", "_tenants")
+    __slots__ = ("_master", "_current_version", "_tenants", "_open_cached", "_hash_ip_cached")
 
     def __init__(self, master: bytes | str, current_version: int = 1) -> None:
         if isinstance(master, str):
@@ -221,6 +228,8 @@ class KeyRing:
         self._master = bytes(master)
         self._current_version = current_version
         self._tenants: dict[str, _TenantKeys] = {}
+        self._open_cached = functools.lru_cache(maxsize=SESSION_CACHE_SIZE)(self._open_session_state)
+        self._hash_ip_cached = functools.lru_cache(maxsize=IP_HASH_CACHE_SIZE)(self._hash_ip)
 
     def __repr__(self) -> str:
         return f"KeyRing(current_version={self._current_version})"
@@ -271,7 +280,14 @@ class KeyRing:
 
     def open_session_state(self, tenant: str, value: object) -> tuple[uuid.UUID, int] | None:
         """(session id, state bits) sealed in a cookie value, or None; same guarantees as `open_session`."""
-        if type(value) is not str or len(value) != _COOKIE_CHARS or not _COOKIE_RE.fullmatch(value):
+        if type(value) is not str or len(value) != _COOKIE_CHARS:
+            return None
+        if type(tenant) is not str:
+            return self._open_session_state(tenant, value)  # raises CryptoError as for any bad tenant
+        return self._open_cached(tenant, value)
+
+    def _open_session_state(self, tenant: str, value: str) -> tuple[uuid.UUID, int] | None:
+        if not _COOKIE_RE.fullmatch(value):
             return None
         # The regex admits only the URL-safe alphabet and the length leaves no spare bits, so each value
         # decodes to exactly one byte string and each byte string has exactly one accepted encoding.
@@ -294,6 +310,11 @@ class KeyRing:
         """
         if not isinstance(ip, str):
             raise CryptoError("IP address must be text")
+        if type(ip) is str and type(tenant) is str and len(ip) <= _IP_MAX_CHARS:
+            return self._hash_ip_cached(tenant, ip)
+        return self._hash_ip(tenant, ip)
+
+    def _hash_ip(self, tenant: str, ip: str) -> bytes:
         try:
             addr = ipaddress.ip_address(ip.strip())
         except ValueError:
