@@ -95,6 +95,21 @@ def classify_agent(user_agent: str | None) -> Agent:
     return _classify((user_agent or "")[:AGENT_MAX_LENGTH])
 
 
+# Parsed once by `warm_agent_parser`: one desktop and one mobile browser, so that every parser table is loaded.
+_WARM_AGENTS: tuple[str, ...] = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 "
+    "Mobile/15E148 Safari/604.1",
+)
+
+
+def warm_agent_parser() -> None:
+    """Load and compile the user-agent parser's regular expressions now (0.3-0.5 s) instead of on the first
+    visitor's request. Call once at startup; the result cache of `classify_agent` is left untouched."""
+    for user_agent in _WARM_AGENTS:
+        parse_user_agent(user_agent)
+
+
 def agent_cache_info():
     """Hit/miss figures of the user-agent cache, for metrics and benchmarks."""
     return _classify.cache_info()

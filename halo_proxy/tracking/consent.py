@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl, unquote
 
 from halo_proxy.tracking.models import Consent
@@ -229,6 +230,23 @@ def has_gpc(headers: Mapping[str, str]) -> bool:
     return value is not None and value.strip() == "1"
 
 
+# Every cookie a CMP reader looks at. A visit without any of them (and without Sec-GPC) has no consent signal.
+CMP_COOKIE_NAMES: tuple[str, ...] = (
+    "CookieConsent",
+    "OptanonConsent",
+    "OptanonAlertBoxClosed",
+    "cookieyes-consent",
+    *(prefix + category for prefix in _COMPLIANZ_PREFIXES for category in ("statistics", "marketing")),
+    "euconsent-v2",
+)
+CONSENT_CACHE_SIZE = 1024
+
+_NO_SIGNAL = {
+    True: Consent(analytics=True, marketing=True, source=SOURCE_UNKNOWN),
+    False: Consent(analytics=False, marketing=False, source=SOURCE_UNKNOWN),
+}
+
+
 def parse_consent(
     cookies: Mapping[str, str],
     headers: Mapping[str, str],
@@ -238,9 +256,24 @@ def parse_consent(
 
     No CMP signal: analytics = marketing = policy.unknown, not explicit, source "unknown" ("gpc" when only Sec-GPC
     was seen). `Sec-GPC: 1` always makes marketing False and gpc True.
+
+    The result depends only on the CMP cookies present, Sec-GPC and the policy: a visit with none of them gets the
+    policy's default at once, and decisions for recurring cookie values are kept in a bounded LRU cache.
     """
-    consent = _read_cmps(cookies, policy)
+    values = tuple([cookies.get(name) for name in CMP_COOKIE_NAMES])
     gpc = has_gpc(headers)
+    if not gpc and values.count(None) == len(values):
+        default = _NO_SIGNAL.get(policy.unknown)
+        if default is not None:
+            return default
+    if any(value is not None and len(value) > _MAX_COOKIE_LENGTH for value in values):
+        return _decide(values, gpc, policy)  # not worth keeping: such a value is ignored anyway
+    return _decide_cached(values, gpc, policy)
+
+
+def _decide(values: tuple[str | None, ...], gpc: bool, policy: ConsentPolicy) -> Consent:
+    cookies = {name: value for name, value in zip(CMP_COOKIE_NAMES, values, strict=True) if value is not None}
+    consent = _read_cmps(cookies, policy)
     if consent is None:
         if gpc:
             return Consent(analytics=policy.unknown, marketing=False, gpc=True, source=SOURCE_GPC)
@@ -250,3 +283,6 @@ def parse_consent(
             analytics=consent.analytics, marketing=False, explicit=consent.explicit, gpc=True, source=consent.source
         )
     return consent
+
+
+_decide_cached = lru_cache(maxsize=CONSENT_CACHE_SIZE)(_decide)

@@ -126,9 +126,24 @@ EDGES: tuple[str, ...] = tuple(EDGE_READERS)
 
 NO_GEO = Geo()
 
+# Every header a reader looks at: when none is present (most requests), no reader needs to run.
+GEO_HEADERS: tuple[str, ...] = (
+    "cf-ipcountry", "cf-region-code", "cf-region", "cf-ipcity",
+    "x-akamai-edgescape",
+    "fastly-geo-country", "fastly-geo-region", "fastly-geo-city",
+    "cloudfront-viewer-country", "cloudfront-viewer-country-region", "cloudfront-viewer-city",
+    "x-vercel-ip-country", "x-vercel-ip-country-region", "x-vercel-ip-city",
+    "x-geo-country", "x-geo-region", "x-geo-city",
+)
+
 
 def geo_from_headers(headers: Headers, edges: Iterable[str] = EDGES) -> Geo:
     """Country (ISO alpha-2, uppercase), region and city from the first edge in `edges` that provides them."""
+    for name in GEO_HEADERS:
+        if name in headers:
+            break
+    else:
+        return NO_GEO
     for edge in edges:
         reader = EDGE_READERS.get(edge)
         if reader is None:
