@@ -7,6 +7,11 @@ without waiting and writes batches in the background: a page is never held back 
 
 The returning visitor who brings no campaign data and whose consent is unchanged costs no database call at all:
 their consent bits travel, authenticated, in the cookie itself.
+
+What `observe` needs on every page view is cached: the parsed Cookie header (keyed by the raw header, in a bounded
+LRU), the opened `_halo` value and the consent decision (see `crypto` and `tracking.consent`). The encryption of
+the IP address and user agent of a new visit is left to the writer, which does it just before the batch is
+written: the page waits only for the decisions.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from types import MappingProxyType
 from uuid import UUID
 
 import asyncpg
@@ -48,6 +54,12 @@ FBP_MAX_AGE = 90 * 24 * 3600
 ANON_PATH_MAX = 200
 RECENT_TOUCHES = 10_000
 REPEAT_SECONDS = 30 * 60
+# Parsed Cookie headers kept per process, and the longest header worth keeping (longer ones are parsed each time).
+COOKIE_CACHE_SIZE = 4096
+COOKIE_CACHE_MAX_CHARS = 4096
+UA_MAX_STORED = 512
+
+_NO_COOKIES: Mapping[str, str] = MappingProxyType({})
 
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
@@ -58,6 +70,29 @@ def utc_now() -> datetime:
 
 def consent_bits(consent: Consent) -> int:
     return (1 if consent.analytics else 0) | (2 if consent.marketing else 0) | (4 if consent.gpc else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingVisit:
+    """A page view of a visitor with marketing consent whose IP and user agent still need encrypting.
+
+    `write` holds every other field; `sealed` gives the `SessionWrite` to store. The writer calls it just before
+    the batch goes to the database, so the AES-GCM work is off the request path.
+    """
+
+    write: SessionWrite
+    keys: KeyRing
+    client_ip: str | None
+    user_agent: str | None
+
+    def sealed(self) -> SessionWrite:
+        tenant_id = self.write.tenant_id
+        ip_enc = ua_enc = None
+        if self.client_ip:
+            ip_enc = self.keys.encrypt(tenant_id, "sessions", "ip_enc", self.client_ip)
+        if self.user_agent:
+            ua_enc = self.keys.encrypt(tenant_id, "sessions", "user_agent_enc", self.user_agent[:UA_MAX_STORED])
+        return replace(self.write, ip_enc=ip_enc, user_agent_enc=ua_enc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +124,7 @@ class VisitWriter:
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.retry_s = retry_s
-        self._visits: deque[SessionWrite | ConsentUpdate] = deque()
+        self._visits: deque[SessionWrite | PendingVisit | ConsentUpdate] = deque()
         self._anon: dict[tuple, int] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -99,7 +134,7 @@ class VisitWriter:
 
     # -- hot path ------------------------------------------------------------------------------------------
 
-    def submit(self, write: SessionWrite | ConsentUpdate) -> bool:
+    def submit(self, write: SessionWrite | PendingVisit | ConsentUpdate) -> bool:
         accepted = True
         if len(self._visits) >= self.max_queue:
             self._visits.popleft()
@@ -147,9 +182,10 @@ class VisitWriter:
                         self._anon[key] = self._anon.get(key, 0) + count
             while ok and self._visits:
                 batch = [self._visits.popleft() for _ in range(min(self.batch_size, len(self._visits)))]
-                visits = [w for w in batch if isinstance(w, SessionWrite)]
                 updates = [w for w in batch if isinstance(w, ConsentUpdate)]
                 try:
+                    visits = [w.sealed() if isinstance(w, PendingVisit) else w
+                              for w in batch if not isinstance(w, ConsentUpdate)]
                     if visits:
                         await session_store.write_visits(self.pool, visits)
                     for update in updates:
@@ -204,6 +240,25 @@ class VisitTracker:
         self.clock = clock
         self._policies: dict[str, tuple[object, ConsentPolicy]] = {}
         self._recent: OrderedDict[tuple[str, UUID], tuple[str, float]] = OrderedDict()
+        self._cookies: OrderedDict[str, Mapping[str, str]] = OrderedDict()
+
+    def cookies(self, request: web.Request) -> Mapping[str, str]:
+        """`request.cookies`, parsed once per distinct Cookie header: a returning visitor sends the same header
+        page after page. Bounded LRU; headers longer than COOKIE_CACHE_MAX_CHARS are parsed every time."""
+        header = request.headers.get("Cookie")
+        if not header:
+            return _NO_COOKIES
+        cache = self._cookies
+        parsed = cache.get(header)
+        if parsed is not None:
+            cache.move_to_end(header)
+            return parsed
+        parsed = request.cookies
+        if len(header) <= COOKIE_CACHE_MAX_CHARS:
+            cache[header] = parsed
+            if len(cache) > COOKIE_CACHE_SIZE:
+                cache.popitem(last=False)
+        return parsed
 
     def policy(self, tenant: Tenant) -> ConsentPolicy:
         cached = self._policies.get(tenant.id)
@@ -222,9 +277,9 @@ class VisitTracker:
         headers = request.headers
         reason = skip_reason(request.method, request.path, headers, self.reserved_prefix)
         if reason is not None:
-            self.metrics.skipped.labels(tenant=tenant.id, reason=reason).inc()
+            self.metrics.skip(tenant.id, reason)
             return []
-        cookies = request.cookies
+        cookies = self.cookies(request)
         consent = parse_consent(cookies, headers, self.policy(tenant))
         cookie_name = tenant.cookie.name
         raw_cookie = cookies.get(cookie_name)
@@ -262,7 +317,7 @@ class VisitTracker:
         is_new = opened is None
         if is_new:
             session_id = self.keys.new_session_id()
-            self.metrics.sessions_created.labels(tenant=tenant.id).inc()
+            self.metrics.session_created(tenant.id)
         else:
             session_id = opened[0]
             if self._repeat(tenant.id, session_id, touch, now):
@@ -273,7 +328,6 @@ class VisitTracker:
             set_cookies.append(self._cookie(tenant, self.keys.seal_session(tenant.id, session_id, state), https))
 
         fbp = fbc = None
-        ip_enc = ua_enc = None
         user_agent = headers.get("User-Agent")
         if consent.marketing:
             fbp = cookies.get("_fbp")
@@ -285,19 +339,19 @@ class VisitTracker:
             if fbclid and (not fbc or fbc.rsplit(".", 1)[-1] != fbclid):
                 fbc = f"fb.1.{int(now.timestamp() * 1000)}.{fbclid}"
                 set_cookies.append(_cookie_header("_fbc", fbc, FBC_MAX_AGE, https, http_only=False))
-            if client_ip:
-                ip_enc = self.keys.encrypt(tenant.id, "sessions", "ip_enc", client_ip)
-            if user_agent:
-                ua_enc = self.keys.encrypt(tenant.id, "sessions", "user_agent_enc", user_agent[:512])
         write = SessionWrite(
             tenant_id=tenant.id, session_id=session_id, is_new=is_new, touch=touch,
             device=parse_device(user_agent), geo=geo_from_headers(headers), consent=consent,
             ip_hash=self.keys.hash_ip(tenant.id, client_ip) if client_ip else None,
-            ip_enc=ip_enc, user_agent_enc=ua_enc, fbp=fbp, fbc=fbc, at=now,
+            fbp=fbp, fbc=fbc, at=now,
         )
-        self.writer.submit(write)
+        if consent.marketing and (client_ip or user_agent):
+            # IP and user agent are encrypted by the writer, just before the batch is stored.
+            self.writer.submit(PendingVisit(write, self.keys, client_ip, user_agent))
+        else:
+            self.writer.submit(write)
         if not is_new:
-            self.metrics.touches.labels(tenant=tenant.id).inc()
+            self.metrics.touch(tenant.id)
         self.metrics.visit(tenant.id, consent.state, touch.channel)
         return set_cookies
 
