@@ -308,21 +308,49 @@ http {{
 class Layout:
     gen_cpus: set[int] | None       # load generator, origin and this script
     proxy_cpus: set[int] | None     # the proxy being measured
+    db_with_proxy: bool = False     # HaloTrack's embedded PostgreSQL on the proxy's CPU instead of the origin's
+
+    @property
+    def db_cpus(self) -> set[int] | None:
+        return self.proxy_cpus if self.db_with_proxy else self.gen_cpus
 
     def describe(self) -> str:
         if not self.gen_cpus:
             return "no CPU pinning"
-        return (f"proxies on CPU {','.join(map(str, sorted(self.proxy_cpus or ())))}; origin, load generator and "
-                f"harness on CPU {','.join(map(str, sorted(self.gen_cpus)))}")
+        proxy = ",".join(map(str, sorted(self.proxy_cpus or ())))
+        gen = ",".join(map(str, sorted(self.gen_cpus)))
+        if self.db_with_proxy:
+            return (f"proxies and HaloTrack's PostgreSQL on CPU {proxy}; origin, load generator and harness on "
+                    f"CPU {gen}")
+        return (f"proxies on CPU {proxy}; origin, HaloTrack's PostgreSQL, load generator and harness on CPU {gen}")
 
 
-def choose_layout(pin: bool) -> Layout:
+def choose_layout(pin: bool, db_with_proxy: bool = False) -> Layout:
     if not pin or not hasattr(os, "sched_setaffinity"):
         return Layout(None, None)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return Layout(None, None)
-    return Layout({cpus[0]}, {cpus[1]})
+    return Layout({cpus[0]}, {cpus[1]}, db_with_proxy)
+
+
+def pin_helpers(procs: Processes, name: str, cpus: set[int] | None) -> int:
+    """Move every process of a target except its leader (HaloTrack's embedded PostgreSQL: the server and its
+    backends) to `cpus`. The database is infrastructure, like the origin: it does not share the proxy's CPU.
+    Backends started later inherit the server's affinity. Returns how many processes were moved."""
+    if not cpus:
+        return 0
+    leader = procs.procs[name].pid
+    moved = 0
+    for p in procs.owned(name):
+        if p.pid == leader:
+            continue
+        try:
+            os.sched_setaffinity(p.pid, cpus)
+            moved += 1
+        except (ProcessLookupError, PermissionError) as err:
+            print(f"  note: could not move process {p.pid} of {name} to CPU {sorted(cpus)}: {err}", flush=True)
+    return moved
 
 
 def start_targets(procs: Processes, tmp: Path, wanted: list[str], layout: Layout,
@@ -363,6 +391,8 @@ def start_targets(procs: Processes, tmp: Path, wanted: list[str], layout: Layout
     for name in ports:
         if name != "upstream":
             wait_ready(procs, name, ports[name])
+    if "halotrack" in ports and layout.db_cpus != layout.proxy_cpus:
+        pin_helpers(procs, "halotrack", layout.db_cpus)
     return ports, up_port
 
 
@@ -692,6 +722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--db-with-proxy", action="store_true",
+                        help="leave HaloTrack's embedded PostgreSQL on the proxy's CPU (default: the origin's CPU)")
     parser.add_argument("--no-append", action="store_true", help="do not append the results to docs/performance.md")
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 30 or not 1 <= args.rounds <= 10:
@@ -724,7 +756,7 @@ def run(args: argparse.Namespace) -> int:
                          "whose own cost pulls the ratios towards 1")
     elif gen_kind == "wrk" and not loadgen.wrk_path():
         raise BenchError("--generator wrk: wrk is not installed")
-    layout = choose_layout(not args.no_pin)
+    layout = choose_layout(not args.no_pin, args.db_with_proxy)
     for note in notes:
         print(note, flush=True)
 
@@ -782,6 +814,8 @@ def run(args: argparse.Namespace) -> int:
     lines += [f"- Command: `{display_command()}` ({args.rounds} rounds x {args.duration} s after "
               f"{args.warmup} s warm-up, {args.connections} connections, medians)"]
     lines += [f"- Note: {n}" for n in notes]
+    lines += ["- Scenarios:"]
+    lines += [f"  - `{name}`: {scenarios.SCENARIOS[name].description}" for name in args.scenarios]
     lines += ["", *table(rows), "", *ratio_lines(rows, args.scenarios)]
     section = "\n".join(lines)
     print("\n" + section, flush=True)

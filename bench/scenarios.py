@@ -117,14 +117,22 @@ def scenario(name: str, description: str, *, target_vs_bare: float | None = None
 # Scenarios.
 
 
-@scenario("page", "GET of a ~4 KiB HTML page by a browser with no cookie (a first page view)",
-          target_vs_bare=0.9)
+@scenario("proxy_only", "GET of the ~4 KiB HTML page with only a Host header, as wrk sends it by default: not a "
+          "page view (no Accept: text/html, no Sec-Fetch-Dest), so HaloTrack checks it, counts it as skipped and "
+          "only proxies it; issue 2's target for the proxy itself", target_vs_bare=0.9)
+def plan_proxy_only(ctx: Context) -> RequestPlan | str:
+    return RequestPlan(Request("GET", "/page", ()))
+
+
+@scenario("page", "GET of the page by a browser with no cookie and no campaign data: with the tenant's default "
+          "consent (unknown counts as granted) every request is a new visitor, so HaloTrack creates and stores a "
+          "session each time; held to the new-visitor target", target_vs_bare=0.6)
 def plan_page(ctx: Context) -> RequestPlan | str:
     return RequestPlan(Request("GET", "/page", BROWSER_PAGE_HEADERS))
 
 
-@scenario("returning", "the same page view with the cookies HaloTrack set on a first visit",
-          target_vs_bare=0.9)
+@scenario("returning", "the browser page view with the cookies HaloTrack set on a first visit (`_halo`, `_fbp`) "
+          "and no campaign data: a returning visitor on the fast path, no database work", target_vs_bare=0.9)
 def plan_returning(ctx: Context) -> RequestPlan | str:
     if ctx.halo_url is None:
         return "needs HaloTrack among the targets to obtain its cookie"
@@ -138,8 +146,9 @@ def plan_returning(ctx: Context) -> RequestPlan | str:
     return RequestPlan(Request("GET", "/page", BROWSER_PAGE_HEADERS + (("Cookie", cookie),)))
 
 
-@scenario("new_visitor", "a first page view arriving from a Google Ads click (UTMs and a new gclid each time)",
-          target_vs_bare=0.6)
+@scenario("new_visitor", "the browser page view with no cookie, arriving from a Google Ads click "
+          "(`?utm_source=google&utm_medium=cpc&gclid=<n>`, a new <n> each request): a new session with a paid "
+          "first touch and a click id, stored each time", target_vs_bare=0.6)
 def plan_new_visitor(ctx: Context) -> RequestPlan | str:
     return RequestPlan(Request("GET", "/page?utm_source=google&utm_medium=cpc&gclid={n}", BROWSER_PAGE_HEADERS))
 
