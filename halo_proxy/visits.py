@@ -323,7 +323,9 @@ class VisitTracker:
             if self._repeat(tenant.id, session_id, touch, now):
                 self.metrics.visit(tenant.id, consent.state, touch.channel)
                 return set_cookies
-        self._remember(tenant.id, session_id, touch, now)
+        if campaign_data:
+            # Only a campaign touch can be repeated (a visit without campaign data takes the fast path).
+            self._remember(tenant.id, session_id, touch, now)
         if is_new or opened[1] != state:
             set_cookies.append(self._cookie(tenant, self.keys.seal_session(tenant.id, session_id, state), https))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from halo_proxy.tracking.campaign import Campaign
 from halo_proxy.tracking.referrer import Referrer
@@ -47,11 +48,16 @@ _REFERRAL_MEDIUMS = frozenset({"referral", "app", "link"})
 _EMAIL_VALUES = frozenset({"email", "e-mail", "e_mail", "e mail"})
 
 
+CHANNEL_CACHE_SIZE = 4096
+
+
+@lru_cache(maxsize=CHANNEL_CACHE_SIZE)
 def default_channel(source: str | None, medium: str | None, campaign: str | None = None) -> str:
     """The GA4 default channel group, rules evaluated top-down, first match wins, case-insensitive.
 
     `source`/`medium` are what the visit was attributed to (UTMs, or `derive_source_medium`); absent values are
-    treated as empty strings, which match no rule except the ones on other fields.
+    treated as empty strings, which match no rule except the ones on other fields. Results are kept in a bounded
+    LRU cache: a site's visits come from a small set of source/medium/campaign combinations.
     """
     src = (source or "").strip().lower()
     med = (medium or "").strip().lower()
