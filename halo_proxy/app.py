@@ -31,6 +31,7 @@ from .proxy import Proxy, error_page
 from .storage import migrations
 from .storage.db import create_pool, ping
 from .storage.errors import StorageError
+from .tracking.agent import warm_agent_parser
 from .tracking.clientip import client_ip, parse_ip
 from .visits import Clock, VisitTracker, VisitWriter, utc_now
 from .webhooks import RateLimits, Routes
@@ -262,6 +263,11 @@ async def _migrate_until_done(database: Database, every_s: float = 5.0) -> None:
             return
 
 
+async def _warm_parsers(app: web.Application) -> None:
+    """Compile the user-agent parser before the first visitor, not during their request."""
+    warm_agent_parser()
+
+
 def reload_config(app: web.Application, path: str | None = None) -> bool:
     """Reload the tenant file; an invalid file keeps the old settings and logs every error."""
     holder = app[CONFIG]
@@ -304,6 +310,7 @@ def create_app(
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
         app.cleanup_ctx.append(storage_ctx(dsn, pool, migrate))
+        app.on_startup.append(_warm_parsers)
 
     prefix = settings.server.reserved_prefix
     # Reserved routes first: they are matched before the catch-all and never reach the proxy.
