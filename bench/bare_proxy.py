@@ -6,11 +6,15 @@ One pooled `ClientSession` with keep-alive to the upstream; request and response
 headers (and those named in `Connection`) stripped both ways; the client's Host passed through; redirects
 and compressed bodies passed untouched. Nothing else: no routing, metrics, forwarding headers or error
 pages. HaloTrack's cost over this baseline is the price of what it adds.
+
+It runs on the same event loop as `halo-proxy serve` (uvloop when installed, `--loop auto`), so that the
+comparison measures HaloTrack's code and not the choice of loop; `--loop asyncio` gives asyncio's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -90,9 +94,23 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="origin URL, e.g. http://127.0.0.1:9001")
+    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="event loop: auto = uvloop when installed, as halo-proxy serve uses (default)")
     args = parser.parse_args()
     web.run_app(create_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None,
-                backlog=2048)
+                backlog=2048, loop=new_loop(args.loop))
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 if __name__ == "__main__":

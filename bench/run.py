@@ -620,11 +620,17 @@ def machine_lines(gen_kind: str, layout: Layout, with_nginx: bool) -> list[str]:
     if gen_kind == "wrk":
         version = tool_version(["wrk", "-v"]) or ""
         generator += f" ({version.split(' [')[0]})" if version else ""
+    try:
+        import uvloop
+        loop = f"uvloop {uvloop.__version__} (HaloTrack and the bare proxy)"
+    except ImportError:
+        loop = "asyncio's own (uvloop is not installed)"
     lines = [
         f"- Machine: `nproc` = {os.cpu_count()}, {cpu_model}, Linux {platform.release()}",
         f"- Python {platform.python_version()}, aiohttp {aiohttp.__version__}; HaloTrack at `{rev}`"
         + (" with uncommitted changes in `halo_proxy/`" if dirty else ""),
         f"- Load generator: {generator}; {layout.describe()}",
+        f"- Event loop: {loop}",
     ]
     if with_nginx:
         lines.append(f"- {tool_version(['nginx', '-v']) or 'nginx'}")
@@ -640,7 +646,7 @@ a client could put there instead. `bench/run.py` runs, in one go and with the sa
 |---|---|
 | (a) upstream direct | the origin (`bench/upstream.py`, a ~4 KiB HTML page) with no proxy: the ceiling |
 | (b) HaloTrack | `halo-proxy serve --workers 1 --log-level WARNING` on a generated tenant YAML |
-| (c) bare aiohttp proxy | `bench/bare_proxy.py`: one `ClientSession`, streaming, hop-by-hop headers stripped, nothing else |
+| (c) bare aiohttp proxy | `bench/bare_proxy.py`: one `ClientSession`, streaming, hop-by-hop headers stripped, nothing else; on the same event loop as HaloTrack (uvloop when installed; runs before 2026-11-28 04:55 used asyncio's loop for both until HaloTrack switched to uvloop at `1b71cb9`) |
 | (d) nginx proxy_pass | one nginx worker with keep-alive to the origin (skipped when nginx is not installed) |
 
 ## Running it
