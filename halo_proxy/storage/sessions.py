@@ -270,118 +270,30 @@ def _visit_args(write: SessionWrite) -> tuple[Any, ...]:
     )
 
 
-# New sessions of a batch in one statement: each array holds one column of `_visit_args` ($3, is_new, omitted).
-# The session rows are inserted unless the session exists already (ON CONFLICT DO NOTHING); the touch rows of
-# exactly the sessions inserted are added in the same statement. The keys it returns are the sessions inserted;
-# every other new-session write goes through `_WRITE_VISIT`, whose upsert keeps the rules above.
-_INSERT_NEW_SESSIONS = """
-WITH r AS (
-    SELECT * FROM unnest(
-        $1::text[], $2::uuid[], $3::timestamptz[],
-        $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-        $11::text[], $12::text[], $13::text[], $14::timestamptz[],
-        $15::jsonb[], $16::jsonb[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
-        $23::boolean[], $24::boolean[], $25::boolean[], $26::text[],
-        $27::bytea[], $28::bytea[], $29::bytea[], $30::text[], $31::text[]
-    ) AS r(
-        tenant_id, id, at,
-        source, medium, campaign, term, content, utm_id, channel, referrer_domain, referrer_url, landing_path, touch_at,
-        session_click_ids, touch_click_ids, device_type, browser, os, country, region, city,
-        consent_analytics, consent_marketing, gpc, consent_source,
-        ip_hash, ip_enc, user_agent_enc, fbp, fbc
-    )
-), inserted AS (
-    INSERT INTO sessions AS s (
-        tenant_id, id, created_at, updated_at,
-        ft_source, ft_medium, ft_campaign, ft_term, ft_content, ft_utm_id, ft_channel,
-        ft_referrer_domain, ft_referrer_url, ft_landing_path, ft_at,
-        lt_source, lt_medium, lt_campaign, lt_term, lt_content, lt_utm_id, lt_channel,
-        lt_referrer_domain, lt_referrer_url, lt_landing_path, lt_at,
-        click_ids, device_type, browser, os, country, region, city,
-        consent_analytics, consent_marketing, gpc, consent_source,
-        ip_hash, ip_enc, user_agent_enc, fbp, fbc
-    )
-    SELECT
-        tenant_id, id, at, at,
-        source, medium, campaign, term, content, utm_id, channel, referrer_domain, referrer_url, landing_path, touch_at,
-        source, medium, campaign, term, content, utm_id, channel, referrer_domain, referrer_url, landing_path, touch_at,
-        session_click_ids, device_type, browser, os, country, region, city,
-        consent_analytics, consent_marketing, gpc, consent_source,
-        ip_hash, ip_enc, user_agent_enc, fbp, fbc
-    FROM r
-    ON CONFLICT (tenant_id, id) DO NOTHING
-    RETURNING tenant_id, id
-), touched AS (
-    INSERT INTO touches (
-        tenant_id, session_id, source, medium, campaign, term, content, utm_id, channel,
-        referrer_domain, referrer_url, landing_path, at, click_ids
-    )
-    SELECT r.tenant_id, r.id, r.source, r.medium, r.campaign, r.term, r.content, r.utm_id, r.channel,
-           r.referrer_domain, r.referrer_url, r.landing_path, r.touch_at, r.touch_click_ids
-    FROM r JOIN inserted USING (tenant_id, id)
-    ON CONFLICT (tenant_id, session_id, at) DO NOTHING
-)
-SELECT tenant_id, id FROM inserted
-"""
-
-
-def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """`_visit_args` rows as the column arrays of `_INSERT_NEW_SESSIONS` (is_new left out)."""
-    return [[row[i] for row in rows] for i in range(len(rows[0])) if i != 2]
-
-
 async def write_visits(db: Executor, batch: Sequence[SessionWrite]) -> None:
-    """Record a batch of page views in one transaction.
+    """Record a batch of page views in one transaction and one pipelined round trip.
 
     A new session gets its row (first touch = last touch = the touch) and a touch row; a session that already
     exists keeps its first touch. A returning visitor's touch updates the last touch, merges click ids, updates
     device, geo, consent and identifiers, and adds a touch row; a missing session row is created from it.
     Within a session the batch order is kept; sessions are written in a fixed order so that concurrent
     writers take row locks in the same order.
-
-    The first write of each new session is inserted with the batch's other new sessions in one statement;
-    the rest (returning visitors, and new sessions that turn out to exist already) are upserted row by row in
-    one pipelined round trip.
     """
     if not batch:
         return
     ordered = sorted(batch, key=lambda w: (w.tenant_id, w.session_id.int))  # stable: keeps order per session
-    fresh: list[tuple[Any, ...]] = []  # the first write of each new session, in session order
-    later: list[tuple[Any, ...]] = []  # every other write, in the same order
-    seen: set[tuple[str, UUID]] = set()
-    for write in ordered:
-        key = (write.tenant_id, write.session_id)
-        (fresh if write.is_new and key not in seen else later).append(_visit_args(write))
-        seen.add(key)
+    args = [_visit_args(w) for w in ordered]
     # Inside a caller's transaction a deadlock aborts that transaction: nothing to retry here.
-    in_transaction = isinstance(db, asyncpg.Connection) and db.is_in_transaction()
-    attempts = 1 if in_transaction else _DEADLOCK_RETRIES
+    attempts = 1 if isinstance(db, asyncpg.Connection) and db.is_in_transaction() else _DEADLOCK_RETRIES
     with translate_errors():
         for attempt in range(1, attempts + 1):
             try:
-                if isinstance(db, asyncpg.Pool):
-                    async with db.acquire() as conn:
-                        await _write_batch(conn, fresh, later)
-                else:
-                    await _write_batch(db, fresh, later)
+                await db.executemany(_WRITE_VISIT, args)
                 return
             except asyncpg.exceptions.DeadlockDetectedError:
                 if attempt == attempts:
                     raise
                 await asyncio.sleep(0.01 * attempt)
-
-
-async def _write_batch(conn: Any, fresh: list[tuple[Any, ...]], later: list[tuple[Any, ...]]) -> None:
-    async with conn.transaction():
-        upserts = later
-        if fresh:
-            inserted = {(r[0], r[1]) for r in await conn.fetch(_INSERT_NEW_SESSIONS, *_columns(fresh))}
-            existing = [args for args in fresh if (args[0], args[1]) not in inserted]
-            if existing:  # sessions another write created first: upserted, before this batch's later writes
-                upserts = existing + upserts
-                upserts.sort(key=lambda args: (args[0], args[1].int))  # stable: a session's order is kept
-        if upserts:
-            await conn.executemany(_WRITE_VISIT, upserts)
 
 
 async def update_consent(db: Executor, tenant_id: str, session_id: UUID, consent: Consent, at: datetime) -> bool:

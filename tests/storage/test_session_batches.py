@@ -1,5 +1,5 @@
-"""Batches that mix new sessions, sessions that already exist, repeats and returning visitors: the bulk insert of
-new sessions and the row-by-row upsert must give what writing each page view on its own gives."""
+"""Batches that mix new sessions, sessions that already exist, repeats and returning visitors give what writing
+each page view on its own gives; a batch written on a caller's connection joins its transaction."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ async def test_mixed_batch_equals_one_write_per_page_view(db_pool: asyncpg.Pool,
 
     reference = tenant + "r"
     ids = {fresh: uuid4(), existing: uuid4(), twice: uuid4(), other_tenant: uuid4()}
-    for write in before + batch:  # one page view per call: every write goes through the upsert or a one-row bulk
+    for write in before + batch:  # one page view per call
         await sessions.write_visits(db_pool, [replace(write, tenant_id=reference + write.tenant_id[len(tenant):],
                                                       session_id=ids[write.session_id])])
     one_by_one = await snapshot(db_pool, reference, [ids[fresh], ids[existing], ids[twice]])
