@@ -209,7 +209,7 @@ def storage_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # t
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         owned = pool is None
         # min_size=0: no connection is needed to start, so a database that is down does not stop the proxy.
-        the_pool = pool if pool is not None else await create_pool(dsn, min_size=0, max_size=20)
+        the_pool = pool if pool is not None else await create_pool(dsn, min_size=0, max_size=32)
         database = Database(the_pool, migrated=not migrate)
         app[DATABASE] = database
         retry: asyncio.Task[None] | None = None

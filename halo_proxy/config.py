@@ -75,7 +75,7 @@ class MetaSettings:
     pixel_id: str
     access_token: str
     base_url: str = "https://graph.facebook.com"
-    api_version: str = "v26.0"
+    api_version: str = "v27.0"  # released 2026-11-04; older versions stay available for about two years
     test_event_code: str | None = None
 
 

@@ -158,7 +158,20 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     return 0
 
 
+def _exit_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this worker if its supervisor dies, so no worker is orphaned."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops its workers
+        pass
+
+
 def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing.synchronize.Event) -> None:
+    _exit_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop installs its own reload handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM

@@ -247,3 +247,27 @@ async def test_serve_runs_its_own_embedded_database_and_stops_it(tmp_path, upstr
     finally:
         assert await proc.stop() == 0
     assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()
+
+
+async def test_workers_exit_when_their_supervisor_is_killed(tmp_path, upstream, db_env):
+    config = tmp_path / "tenants.yaml"
+    write_config(config, upstream.port)
+    proc = await ProxyProcess(config, workers=2, env=db_env).start(HOST)
+    children = subprocess.run(["pgrep", "-P", str(proc.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    proc.signal(signal.SIGKILL)
+    await proc.stop()
+    deadline = time.monotonic() + 40
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in children if _running(pid)]
+        await asyncio.sleep(0.1)
+    assert alive == [], "workers outlived their supervisor"
+
+
+def _running(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "zombie" not in status.read()
+    except FileNotFoundError:
+        return False
