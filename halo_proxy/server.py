@@ -306,9 +306,12 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
     return 0
 
 
-def migrate() -> int:
-    """`halo-proxy migrate`: apply pending migrations and say which."""
-    from .storage import migrations
+def with_database(job, failure: str):  # type: ignore[no-untyped-def]
+    """Run `job(pool)` for an operator command against HALO_DATABASE_URL or the embedded database.
+
+    Returns (result, None) or (None, exit code) after printing the problem: 2 when the database cannot be
+    opened, 1 when the job fails on it. The embedded server, if started here, is stopped afterwards.
+    """
     from .storage.db import create_pool
     from .storage.errors import StorageError
 
@@ -316,23 +319,32 @@ def migrate() -> int:
         dsn, embedded = open_database()
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
-        return 2
+        return None, 2
 
-    async def run() -> list[str]:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
+    async def run():  # type: ignore[no-untyped-def]
+        pool = await create_pool(dsn, min_size=1, max_size=2)
         try:
-            return await migrations.apply(pool)
+            return await job(pool)
         finally:
             await pool.close()
 
     try:
-        applied = asyncio.run(run())
+        return asyncio.run(run()), None
     except StorageError as err:
-        print(f"halo-proxy: migrations failed: {err}", file=sys.stderr)
-        return 1
+        print(f"halo-proxy: {failure}: {err}", file=sys.stderr)
+        return None, 1
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def migrate() -> int:
+    """`halo-proxy migrate`: apply pending migrations and say which."""
+    from .storage import migrations
+
+    applied, code = with_database(migrations.apply, "migrations failed")
+    if code is not None:
+        return code
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
     return 0
 
@@ -345,8 +357,6 @@ def rotate_keys(config_path: str, to_version: int) -> int:
     """
     from .config import ConfigError, load
     from .storage.conversions import rewrap_pii
-    from .storage.db import create_pool
-    from .storage.errors import StorageError
 
     try:
         settings = load(config_path)
@@ -357,32 +367,22 @@ def rotate_keys(config_path: str, to_version: int) -> int:
     os.environ["HALO_KEY_VERSION"] = str(to_version)
     try:
         keys = load_keys(generate=False)
-        dsn, embedded = open_database()
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
         return 2
 
-    async def run() -> dict[str, dict[str, int]]:
-        pool = await create_pool(dsn, min_size=1, max_size=2)
-        try:
-            done = {}
-            for tenant in settings.tenants:
-                def rewrap(table: str, column: str, blob: bytes, tenant_id: str = tenant.id) -> bytes:
-                    return keys.reencrypt(tenant_id, table, column, blob)
+    async def job(pool) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
+        done = {}
+        for tenant in settings.tenants:
+            def rewrap(table: str, column: str, blob: bytes, tenant_id: str = tenant.id) -> bytes:
+                return keys.reencrypt(tenant_id, table, column, blob)
 
-                done[tenant.id] = await rewrap_pii(pool, tenant.id, to_version, rewrap)
-            return done
-        finally:
-            await pool.close()
+            done[tenant.id] = await rewrap_pii(pool, tenant.id, to_version, rewrap)
+        return done
 
-    try:
-        done = asyncio.run(run())
-    except StorageError as err:
-        print(f"halo-proxy: key rotation failed: {err}", file=sys.stderr)
-        return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    done, code = with_database(job, "key rotation failed")
+    if code is not None:
+        return code
     for tenant_id, counts in done.items():
         print(f"{tenant_id}: " + ", ".join(f"{n} {table}" for table, n in counts.items()) +
               f" re-encrypted under key version {to_version}")
@@ -393,51 +393,34 @@ def rotate_keys(config_path: str, to_version: int) -> int:
 def outbox_command(args) -> int:  # type: ignore[no-untyped-def]
     """`halo-proxy outbox list|show|retry`."""
     from .storage import outbox
-    from .storage.db import create_pool
-    from .storage.errors import StorageError
 
-    try:
-        dsn, embedded = open_database()
-    except StartupError as err:
-        print(f"halo-proxy: {err}", file=sys.stderr)
-        return 2
-
-    async def run() -> int:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
-        try:
-            if args.outbox_command == "list":
-                status = None if args.status == "all" else args.status
-                rows = await outbox.list_forwards(pool, status, args.tenant, args.limit, platform=args.platform)
-                print(f"{'id':>8}  {'tenant':<12} {'platform':<10} {'status':<9} {'tries':>5}  "
-                      f"{'next attempt':<20} {'reason':<22} event id")
-                for r in rows:
-                    print(f"{r.id:>8}  {r.tenant_id:<12} {r.platform:<10} {r.status:<9} {r.attempts:>5}  "
-                          f"{r.next_attempt_at:%Y-%m-%d %H:%M:%S}  {(r.reason or '-'):<22} {r.event_id}")
-                print(f"{len(rows)} row(s)")
-                return 0
-            if args.outbox_command == "show":
-                row = await outbox.get_forward(pool, args.id)
-                if row is None:
-                    print(f"halo-proxy: no forward with id {args.id}", file=sys.stderr)
-                    return 1
-                for name in ("id", "tenant_id", "conversion_id", "platform", "event_id", "status", "reason",
-                             "attempts", "next_attempt_at", "locked_until", "locked_by", "last_error",
-                             "created_at", "sent_at", "updated_at"):
-                    print(f"{name:>16}: {getattr(row, name)}")
-                print(f"{'payload':>16}: {'encrypted, ' + str(len(row.payload_enc)) + ' bytes' if row.payload_enc else 'none'}")
-                return 0
-            count = await outbox.requeue(pool, args.tenant, ids=args.ids or None, status=args.status,
-                                         platform=args.platform)
-            print(f"requeued {count} forward(s); running proxies send them within a second")
+    async def job(pool) -> int:  # type: ignore[no-untyped-def]
+        if args.outbox_command == "list":
+            status = None if args.status == "all" else args.status
+            rows = await outbox.list_forwards(pool, status, args.tenant, args.limit, platform=args.platform)
+            print(f"{'id':>8}  {'tenant':<12} {'platform':<10} {'status':<9} {'tries':>5}  "
+                  f"{'next attempt':<20} {'reason':<22} event id")
+            for r in rows:
+                print(f"{r.id:>8}  {r.tenant_id:<12} {r.platform:<10} {r.status:<9} {r.attempts:>5}  "
+                      f"{r.next_attempt_at:%Y-%m-%d %H:%M:%S}  {(r.reason or '-'):<22} {r.event_id}")
+            print(f"{len(rows)} row(s)")
             return 0
-        finally:
-            await pool.close()
+        if args.outbox_command == "show":
+            row = await outbox.get_forward(pool, args.id)
+            if row is None:
+                print(f"halo-proxy: no forward with id {args.id}", file=sys.stderr)
+                return 1
+            for name in ("id", "tenant_id", "conversion_id", "platform", "event_id", "status", "reason",
+                         "attempts", "next_attempt_at", "locked_until", "locked_by", "last_error",
+                         "created_at", "sent_at", "updated_at"):
+                print(f"{name:>16}: {getattr(row, name)}")
+            payload = f"encrypted, {len(row.payload_enc)} bytes" if row.payload_enc else "none"
+            print(f"{'payload':>16}: {payload}")
+            return 0
+        count = await outbox.requeue(pool, args.tenant, ids=args.ids or None, status=args.status,
+                                     platform=args.platform)
+        print(f"requeued {count} forward(s); running proxies send them within a second")
+        return 0
 
-    try:
-        return asyncio.run(run())
-    except StorageError as err:
-        print(f"halo-proxy: {err} (has `halo-proxy migrate` run against this database?)", file=sys.stderr)
-        return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    result, code = with_database(job, "the outbox could not be read (has `halo-proxy migrate` run?)")
+    return code if code is not None else result

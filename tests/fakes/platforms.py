@@ -26,6 +26,7 @@ default), never on a sleep. `fake.now` is the clock the age checks use.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ipaddress
 import re
@@ -142,7 +143,7 @@ def _unix_seconds(where: str, value: Any, now: datetime, max_age: timedelta | No
     return None
 
 
-class FakePlatform:
+class FakePlatform(abc.ABC):
     """Shared machinery: recording, modes, hanging, waiting. Subclasses define the schema and the answers."""
 
     name = "platform"
@@ -205,17 +206,21 @@ class FakePlatform:
 
     # -- subclass hooks ------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def check_auth(self, request: web.Request) -> str | None:
-        raise NotImplementedError
+        """Defined by each platform."""
 
+    @abc.abstractmethod
     def check(self, request: web.Request, body: Any) -> list[str]:
-        raise NotImplementedError
+        """Defined by each platform."""
 
+    @abc.abstractmethod
     def event_items(self, body: Any) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Defined by each platform."""
 
+    @abc.abstractmethod
     def respond(self, answer: str, exchange: Exchange) -> web.Response:
-        raise NotImplementedError
+        """Defined by each platform."""
 
     # -- the handler ---------------------------------------------------------------------------------------
 
