@@ -21,6 +21,7 @@ import time
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 30.0
+FLUSH_SECONDS = 5.0
 SECRET_FILE = "secret.key"
 
 
@@ -153,9 +154,28 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
     log.info("halo-proxy pid %d draining", os.getpid())
+    transports = [conn.transport for conn in (runner.server.connections if runner.server is not None else ())
+                  if conn.transport is not None]
     for r in reversed(runners):
         await r.cleanup()
+    # A finished response may still sit in a socket's write buffer; closing the loop now would cut it short.
+    await _flushed(transports, FLUSH_SECONDS)
     return 0
+
+
+def _pending_bytes(transport: asyncio.BaseTransport) -> int:
+    try:
+        return transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError, OSError):  # already closed and released
+        return 0
+
+
+async def _flushed(transports: list[asyncio.BaseTransport], seconds: float) -> None:
+    """Wait (bounded) until every connection open at shutdown has handed its last bytes to the kernel."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while any(_pending_bytes(t) for t in transports) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
 
 
 def _exit_with_parent() -> None:
