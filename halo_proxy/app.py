@@ -127,7 +127,13 @@ async def handle_proxied(request: web.Request) -> web.StreamResponse:
     try:
         ip, forwarded_for, https = client_address(request, settings.server.trusted_proxies)
         tracker = app.get(TRACKER)
-        cookies = tracker.observe(request, tenant, ip, https) if tracker is not None else ()
+        cookies: list[str] | tuple[()] = ()
+        if tracker is not None:
+            try:
+                cookies = tracker.observe(request, tenant, ip, https)
+            except Exception:  # tracking must never break the client's site: the page is served untracked
+                metrics.tracking_errors.inc()
+                log.exception("tracking failed for a request of tenant %s; serving it untracked", tenant.id)
         response = await app[PROXY].forward(request, tenant, ip, forwarded_for,
                                             [("Set-Cookie", value) for value in cookies])
     finally:

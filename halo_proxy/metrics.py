@@ -45,6 +45,8 @@ class Metrics:
             ["tenant", "reason"], registry=r)
         self.storage_errors = Counter(
             "halo_storage_errors_total", "Failed database operations by operation.", ["op"], registry=r)
+        self.tracking_errors = Counter(
+            "halo_tracking_errors_total", "Page views served untracked because tracking failed.", registry=r)
         self.lost_writes = Counter(
             "halo_storage_lost_writes_total", "Writes dropped because the database stayed unavailable.",
             ["kind"], registry=r)

@@ -315,3 +315,22 @@ async def test_database_down_pages_still_served_readyz_503_lost_writes_counted(u
     value = metrics.registry.get_sample_value
     assert value("halo_storage_errors_total", {"op": "visits"}) >= 1
     assert value("halo_storage_lost_writes_total", {"kind": "visit"}) == 1
+
+
+@pytest.mark.parametrize("raw", [
+    "/?utm_source=%ff%fe%fd&gclid=%00%01",
+    "/?" + "utm_source=x&" * 500,
+    "/%ff%fe?fbclid=%E2%28%A1",
+])
+async def test_odd_requests_are_always_served(site, clean, raw):
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    writer.write((f"GET {raw} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/html\r\nSec-Fetch-Dest: document\r\n"
+                  f"User-Agent: {MOBILE_CHROME}\r\nReferer: http://[bad\r\n"
+                  "Cookie: _halo=\"unterminated; cookieyes-consent=%%%; CookieConsent={stamp:'-1'\r\n"
+                  "Connection: close\r\n\r\n").encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
