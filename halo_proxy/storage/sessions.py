@@ -19,7 +19,7 @@ from uuid import UUID
 
 import asyncpg
 
-from halo_proxy.tracking.models import CLICK_ID_PARAMS, Consent, Device, Geo, Touch
+from halo_proxy.tracking.models import CLICK_ID_PARAMS, TOUCH_TEXT_FIELDS, Consent, Device, Geo, Touch
 
 from .db import translate_errors
 
@@ -135,19 +135,7 @@ class AnonEvent:
 
 # -- visits -----------------------------------------------------------------------------------------------------
 
-_TOUCH_COLUMNS = (
-    "source",
-    "medium",
-    "campaign",
-    "term",
-    "content",
-    "utm_id",
-    "channel",
-    "referrer_domain",
-    "referrer_url",
-    "landing_path",
-    "at",
-)
+_TOUCH_COLUMNS = (*TOUCH_TEXT_FIELDS, "at")
 
 
 def _first_touch_updates() -> str:

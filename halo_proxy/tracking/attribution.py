@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from halo_proxy.tracking.models import CLICK_ID_PARAMS, MATCH_TYPES, Attribution, Touch
+from halo_proxy.tracking.models import CLICK_ID_PARAMS, MATCH_TYPES, TOUCH_TEXT_FIELDS, Attribution, Touch
 from halo_proxy.tracking.touch import is_campaign_touch
 
 __all__ = [
@@ -42,18 +42,6 @@ MAX_TOUCHES = 200
 RECORD_VERSION = 1
 
 _CLICK_ID_ORDER = {name: i for i, name in enumerate(CLICK_ID_PARAMS)}
-_TOUCH_TEXT_FIELDS = (
-    "source",
-    "medium",
-    "campaign",
-    "term",
-    "content",
-    "utm_id",
-    "channel",
-    "referrer_domain",
-    "referrer_url",
-    "landing_path",
-)
 
 SessionT = TypeVar("SessionT")
 
@@ -160,7 +148,7 @@ def attribution_json(attribution: Attribution) -> dict[str, Any]:
 
 def _touch_record(touch: Touch) -> dict[str, Any]:
     record: dict[str, Any] = {"at": _iso(touch.at)}
-    for name in _TOUCH_TEXT_FIELDS:
+    for name in TOUCH_TEXT_FIELDS:
         record[name] = getattr(touch, name)
     record["click_ids"] = dict(touch.click_ids)
     return record

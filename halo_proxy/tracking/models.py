@@ -74,6 +74,13 @@ class Geo:
     city: str | None = None
 
 
+# The text fields of a Touch, in storage order (its `at` and `click_ids` are handled on their own).
+TOUCH_TEXT_FIELDS: tuple[str, ...] = (
+    "source", "medium", "campaign", "term", "content", "utm_id", "channel", "referrer_domain", "referrer_url",
+    "landing_path",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Touch:
     """One marketing touch: what brought the visitor on this page view."""
