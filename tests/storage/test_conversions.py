@@ -23,7 +23,7 @@ from halo_proxy.storage.outbox import ForwardWrite
 from halo_proxy.storage.sessions import SessionWrite
 from halo_proxy.tracking.models import Attribution, Consent, Device, Geo, Touch
 from tests.conftest import TestDatabase
-from tests.storage.test_identities import assert_indexed, planner  # noqa: F401  (fixture)
+from tests.storage.conftest import assert_indexed
 
 DAY1 = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)

@@ -15,7 +15,7 @@ from halo_proxy.storage import conversions, outbox
 from halo_proxy.storage.conversions import ConversionWrite
 from halo_proxy.storage.outbox import ForwardWrite
 from tests.conftest import TestDatabase
-from tests.storage.test_identities import assert_indexed, planner  # noqa: F401  (fixture)
+from tests.storage.conftest import assert_indexed
 
 T0 = datetime(2026, 5, 3, 12, 0, tzinfo=UTC)
 LEASE_S = 30.0
