@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from halo_proxy.app import WRITER, create_app
+from halo_proxy.app import WORKER, WRITER, create_app
 from halo_proxy.config import parse
 from halo_proxy.crypto import KeyRing
 from halo_proxy.metrics import Metrics
@@ -222,6 +222,7 @@ async def test_returning_visitor_fast_path_makes_zero_database_calls(aiohttp_ser
     try:
         app = create_app(settings(upstream.port), Metrics(), keys=KEYS, pool=pool, migrate=False, clock=clock)
         server = await aiohttp_server(app)
+        await server.app[WORKER].stop()  # the outbox poller shares the pool; only page views may query now
         first = await visit(browser, server, "/?utm_source=google&utm_medium=cpc")
         await flush(server)
         assert queries, "the new visitor's session is written"
