@@ -33,6 +33,7 @@ from .storage.db import create_pool, ping
 from .storage.errors import StorageError
 from .tracking.agent import warm_agent_parser
 from .tracking.clientip import client_ip, parse_ip
+from .upstream import UpstreamPool
 from .visits import Clock, VisitTracker, VisitWriter, utc_now
 from .webhooks import RateLimits, Routes
 
@@ -192,16 +193,18 @@ def api_route(name: str):  # type: ignore[no-untyped-def]
 
 
 async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled client session per process: keep-alive to upstreams, no shared cookie jar, bodies as sent."""
+    """One upstream pool per process (keep-alive, bodies as sent), and one aiohttp session for WebSockets."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30,
                                      enable_cleanup_closed=False)
     session = aiohttp.ClientSession(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
         timeout=aiohttp.ClientTimeout(total=None), read_bufsize=64 * 1024,
     )
+    pool = UpstreamPool(keepalive_s=30.0)
     app[CLIENT] = session
-    app[PROXY] = Proxy(session, app[METRICS])
+    app[PROXY] = Proxy(pool, session, app[METRICS])
     yield
+    await pool.close()
     await session.close()
 
 

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from html import escape
 
 import aiohttp
-from aiohttp import ClientTimeout, WSMsgType, web
+from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Tenant
 from .metrics import Metrics
+from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, parse_origin
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ _NOT_COPIED = HOP_BY_HOP | REPLACED_REQUEST | {"via"}
 VIA_TOKEN = "halotrack"
 BODYLESS_STATUS = frozenset((204, 304))
 CHUNK = 64 * 1024
-# Headers aiohttp would add to the upstream request on its own; we send only what the client sent.
-SKIP_AUTO = frozenset(("Accept", "Accept-Encoding", "User-Agent", "Content-Type"))
 
 
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -54,24 +53,27 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
 
 
 def upstream_request_headers(request: web.Request, tenant: Tenant, client_ip: str | None,
-                             forwarded_for: str | None) -> CIMultiDict[str]:
+                             forwarded_for: str | None) -> list[tuple[str, str]]:
     """The headers sent upstream: client headers minus hop-by-hop ones, with forwarding headers set."""
     incoming = request.headers
     if "Connection" in incoming:
         drop = _NOT_COPIED | connection_tokens(incoming)
     else:
         drop = _NOT_COPIED
-    out: CIMultiDict[str] = CIMultiDict([(name, value) for name, value in incoming.items()
-                                         if name.lower() not in drop])
+    out = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     host = request.host
-    out["Host"] = host if tenant.upstream_host == "original" else _upstream_host(tenant.upstream)
-    if "Content-Length" in incoming and "Transfer-Encoding" not in incoming:
-        out["Content-Length"] = incoming["Content-Length"]
-    out["X-Forwarded-For"] = forwarded_for if forwarded_for else (client_ip or "unknown")
-    out["X-Forwarded-Proto"] = request.scheme
-    out["X-Forwarded-Host"] = host
+    out.append(("Host", host if tenant.upstream_host == "original" else _upstream_host(tenant.upstream)))
+    if "Transfer-Encoding" in incoming:
+        out.append(("Transfer-Encoding", "chunked"))  # the body is sent upstream with chunked framing
+    elif "Content-Length" in incoming:
+        out.append(("Content-Length", incoming["Content-Length"]))
     via = incoming.get("Via")
-    out["Via"] = f"{via}, 1.1 {VIA_TOKEN}" if via else f"1.1 {VIA_TOKEN}"
+    out += (
+        ("X-Forwarded-For", forwarded_for if forwarded_for else (client_ip or "unknown")),
+        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-Host", host),
+        ("Via", f"{via}, 1.1 {VIA_TOKEN}" if via else f"1.1 {VIA_TOKEN}"),
+    )
     return out
 
 
@@ -82,14 +84,20 @@ def _upstream_host(upstream: str) -> str:
     return up.raw_host if up.is_default_port() else f"{up.raw_host}:{up.port}"
 
 
-def response_headers(upstream: aiohttp.ClientResponse, tenant: Tenant, request: web.Request) -> CIMultiDict[str]:
+def response_headers(raw: list[tuple[str, str]], tenant: Tenant, request: web.Request) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones; each Set-Cookie kept as its own line."""
-    raw = upstream.headers
-    drop = HOP_BY_HOP | connection_tokens(raw) if "Connection" in raw else HOP_BY_HOP
-    if "Location" not in raw and "Content-Location" not in raw:
-        return CIMultiDict([(name, value) for name, value in raw.items() if name.lower() not in drop])
+    drop = HOP_BY_HOP
+    rewrite = False
+    for name, value in raw:
+        lname = name.lower()
+        if lname == "connection":
+            drop = drop | {t.strip().lower() for t in value.split(",")}
+        elif lname == "location" or lname == "content-location":
+            rewrite = True
+    if not rewrite:
+        return CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in raw.items():
+    for name, value in raw:
         lname = name.lower()
         if lname in drop:
             continue
@@ -107,6 +115,12 @@ def rewrite_location(value: str, tenant: Tenant, request: web.Request) -> str:
     return value
 
 
+class ProxiedResponse(web.StreamResponse):
+    """A streamed response whose headers leave with the first body bytes instead of in a write of their own."""
+
+    _send_headers_immediately = False
+
+
 def error_page(status: int, title: str, detail: str) -> web.Response:
     body = (
         f"<!doctype html><html><head><meta charset=utf-8><title>{status} {escape(title)}</title></head>"
@@ -116,21 +130,24 @@ def error_page(status: int, title: str, detail: str) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-class Proxy:
-    """Forwards requests of a tenant to its upstream through one pooled client session."""
+# How each upstream failure is answered: status, title, what the visitor reads.
+FAILURES = {
+    "connect_timeout": (504, "Gateway Timeout", "The site did not answer in time. Please try again in a moment."),
+    "read_timeout": (504, "Gateway Timeout", "The site did not answer in time. Please try again in a moment."),
+    "refused": (502, "Bad Gateway", "The site could not be reached. Please try again in a moment."),
+    "tls": (502, "Bad Gateway", "A secure connection to the site could not be made."),
+    "malformed": (502, "Bad Gateway", "The site sent an invalid response."),
+    "reset": (502, "Bad Gateway", "The connection to the site was reset."),
+}
 
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics):
+
+class Proxy:
+    """Forwards requests of a tenant to its upstream: pages through `pool`, WebSockets through `session`."""
+
+    def __init__(self, pool: UpstreamPool, session: aiohttp.ClientSession, metrics: Metrics):
+        self.pool = pool
         self.session = session
         self.metrics = metrics
-        self._timeouts: dict[tuple[float, float], ClientTimeout] = {}
-
-    def timeout_for(self, tenant: Tenant) -> ClientTimeout:
-        key = (tenant.timeouts.connect_s, tenant.timeouts.read_s)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = ClientTimeout(total=None, connect=None, sock_connect=key[0], sock_read=key[1])
-            self._timeouts[key] = timeout
-        return timeout
 
     async def forward(
         self,
@@ -140,76 +157,74 @@ class Proxy:
         forwarded_for: str | None,
         extra_headers: Iterable[tuple[str, str]] = (),
     ) -> web.StreamResponse:
-        if VIA_TOKEN in request.headers.get("Via", ""):
+        incoming = request.headers
+        if "Via" in incoming and VIA_TOKEN in incoming["Via"]:
             self.metrics.upstream_errors.labels(tenant=tenant.id, kind="loop").inc()
             return error_page(508, "Loop Detected", "This request has already passed through this proxy.")
         headers = upstream_request_headers(request, tenant, client_ip, forwarded_for)
-        url = URL(tenant.upstream_origin + request.raw_path, encoded=True)
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request, tenant, url, headers)
+        if "Upgrade" in incoming and incoming["Upgrade"].lower() == "websocket":
+            url = URL(tenant.upstream_origin + request.raw_path, encoded=True)
+            return await self._websocket(request, tenant, url, CIMultiDict(headers))
 
-        data = None
+        body = None
+        chunked = False
         if request.body_exists:
-            data = request.content.iter_chunked(CHUNK)
+            body = request.content.iter_chunked(CHUNK)
+            chunked = "Transfer-Encoding" in incoming
+        timeouts = tenant.timeouts
         started = time.perf_counter()
         try:
-            upstream = await self.session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False,
-                timeout=self.timeout_for(tenant), skip_auto_headers=SKIP_AUTO, compress=None,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as err:
-            kind = "connect_timeout" if isinstance(err, aiohttp.ConnectionTimeoutError) else "read_timeout"
-            return self._failed(tenant, kind, 504, "Gateway Timeout",
-                                "The site did not answer in time. Please try again in a moment.")
-        except aiohttp.ClientConnectorError:
-            return self._failed(tenant, "refused", 502, "Bad Gateway",
-                                "The site could not be reached. Please try again in a moment.")
-        except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError):
-            return self._failed(tenant, "malformed", 502, "Bad Gateway",
-                                "The site sent an invalid response.")
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError):
-            return self._failed(tenant, "reset", 502, "Bad Gateway",
-                                "The connection to the site was reset.")
-        except aiohttp.ClientError:
-            return self._failed(tenant, "other", 502, "Bad Gateway", "The site could not be reached.")
+            upstream = await self.pool.request(
+                parse_origin(tenant.upstream_origin), request.method, request.raw_path, headers, body,
+                chunked=chunked, connect_timeout=timeouts.connect_s, read_timeout=timeouts.read_s)
+        except UpstreamError as err:
+            if err.kind == "client_body":
+                return error_page(400, "Bad Request", "The request body could not be read.")
+            status, title, detail = FAILURES.get(err.kind, FAILURES["refused"])
+            self.metrics.upstream_errors.labels(tenant=tenant.id, kind=err.kind).inc()
+            return error_page(status, title, detail)
         self.metrics.upstream_time(tenant.id, time.perf_counter() - started)
+        try:
+            return await self._respond(request, tenant, upstream, extra_headers)
+        finally:
+            upstream.release()
 
-        async with upstream:
-            out_headers = response_headers(upstream, tenant, request)
-            for name, value in extra_headers:
-                out_headers.add(name, value)
-            bodyless = request.method == "HEAD" or upstream.status in BODYLESS_STATUS or upstream.status < 200
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-            if bodyless:
+    async def _respond(self, request: web.Request, tenant: Tenant, upstream: UpstreamResponse,
+                       extra_headers: Iterable[tuple[str, str]]) -> web.StreamResponse:
+        out_headers = response_headers(upstream.headers, tenant, request)
+        for name, value in extra_headers:
+            out_headers.add(name, value)
+        response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+        try:
+            writer = await response.prepare(request)
+            if request.method == "HEAD" or upstream.status in BODYLESS_STATUS:
                 # Keep the upstream's Content-Length on HEAD: it describes the GET body.
-                await response.prepare(request)
                 await response.write_eof()
                 return response
-            if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
-                response.content_length = upstream.content_length
-            else:
-                response.headers.popall("Content-Length", None)
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as err:
-                if isinstance(err, ConnectionResetError) or _client_gone(request):
-                    return response  # the visitor went away: nothing more to do
-                # The upstream failed after the headers went out: abort, never fake a complete body.
-                self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
-                log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, type(err).__name__)
-                if request.transport is not None:
-                    request.transport.abort()
+            # What the upstream has sent already goes out with the headers in one write; a small page that
+            # arrived whole is one write and no wait. Headers never wait for a slow body.
+            first = upstream.read_nowait()
+            if upstream.at_eof():
+                await response.write_eof(first)
                 return response
-            except ConnectionResetError:
-                return response
+            if first:
+                await response.write(first)
+            elif writer is not None:
+                writer.send_headers()
+            while chunk := await upstream.read():
+                await response.write(chunk)
             await response.write_eof()
-            return response
-
-    def _failed(self, tenant: Tenant, kind: str, status: int, title: str, detail: str) -> web.Response:
-        self.metrics.upstream_errors.labels(tenant=tenant.id, kind=kind).inc()
-        return error_page(status, title, detail)
+        except UpstreamError as err:
+            if _client_gone(request):
+                return response
+            # The upstream failed after the headers went out: abort, never fake a complete body.
+            self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
+            log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionResetError:
+            pass  # the visitor went away: nothing more to do
+        return response
 
     async def _websocket(self, request: web.Request, tenant: Tenant, url: URL,
                          headers: CIMultiDict[str]) -> web.StreamResponse:
@@ -228,7 +243,8 @@ class Proxy:
             return error_page(502 if err.status < 400 else err.status, "Bad Gateway",
                               "The site refused the WebSocket connection.")
         except (TimeoutError, aiohttp.ClientError):
-            return self._failed(tenant, "refused", 502, "Bad Gateway", "The site could not be reached.")
+            self.metrics.upstream_errors.labels(tenant=tenant.id, kind="refused").inc()
+            return error_page(502, "Bad Gateway", "The site could not be reached.")
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (),
                                        autoping=False, max_msg_size=4 * 1024 * 1024)
         await client.prepare(request)
