@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 
 import aiohttp
 import pytest
@@ -65,6 +66,80 @@ async def test_every_method_is_forwarded_with_its_body(proxy, client, method):
         data = await resp.json()
     assert data["method"] == method
     assert data["length"] == len(body)
+
+
+async def test_chunked_request_body_is_forwarded_chunked(proxy, upstream, client):
+    parts = [b"a" * 1000, b"b" * 70000, b"c"]
+
+    async def body():
+        for part in parts:
+            yield part
+
+    async with client.post(url(proxy, "/echo"), data=body(), headers={"Host": HOST}) as resp:
+        assert resp.status == 200
+        data = await resp.json()
+    assert data["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+    seen = dict((k.lower(), v) for k, v in upstream.app[SEEN][-1].headers)
+    assert seen["transfer-encoding"] == "chunked" and "content-length" not in seen
+
+
+async def test_header_bytes_that_are_not_utf8_reach_the_upstream_unchanged(proxy):
+    got: list[bytes] = []
+
+    async def handler(reader, writer):
+        got.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Back: caf\xe9\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        app = create_app(settings_for(server.sockets[0].getsockname()[1]), Metrics())
+        from aiohttp.test_utils import TestServer
+
+        async with TestServer(app) as proxy_server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy_server.port)
+            writer.write(f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n".encode()
+                         + b"X-Name: caf\xe9\r\n\r\n")
+            await writer.drain()
+            answer = await reader.read()
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert b"\r\nX-Name: caf\xe9\r\n" in got[0]
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+
+
+async def test_an_upstream_answering_before_the_whole_upload_is_answered(aiohttp_server, client):
+    writers = []
+
+    async def handler(reader, writer):
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        proxy = await proxy_to(aiohttp_server, server.sockets[0].getsockname()[1])
+
+        async def endless():
+            for _ in range(64):  # 64 MiB the upstream never reads
+                yield b"u" * (1024 * 1024)
+
+        try:
+            async with client.post(url(proxy, "/upload"), data=endless(), headers={"Host": HOST}) as resp:
+                assert resp.status == 413
+                assert await resp.read() == b"too big!"
+        except aiohttp.ClientOSError:
+            pass  # the proxy may close the connection while the client is still sending; both are correct
+    finally:
+        for writer in writers:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.parametrize("raw", [
