@@ -464,15 +464,35 @@ async def count_touches(db: Executor, tenant_id: str, session_id: UUID | None = 
 # -- deletion -----------------------------------------------------------------------------------------------------
 
 
+# A session's touches go with it, in the same statement (touches have no foreign key: see migration 0003).
+_DELETE_SESSIONS = """
+WITH gone AS (
+    DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::uuid[]) RETURNING id
+), touches_gone AS (
+    DELETE FROM touches WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
+)
+SELECT count(*) FROM gone
+"""
+
+_PURGE_SESSIONS = """
+WITH gone AS (
+    DELETE FROM sessions WHERE tenant_id = $1 AND updated_at < $2 RETURNING id
+), touches_gone AS (
+    DELETE FROM touches WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone
+"""
+
+
 async def delete_sessions(db: Executor, tenant_id: str, session_ids: Sequence[UUID]) -> int:
-    """Delete sessions (and, by cascade, their touches); return how many sessions existed."""
+    """Delete sessions and their touches (one statement); return how many sessions existed."""
     if not session_ids:
         return 0
     with translate_errors():
-        status = await db.execute(
-            "DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, list(session_ids)
+        deleted = await db.fetchval(
+            _DELETE_SESSIONS, tenant_id, list(session_ids),
         )
-    return int(status.split()[-1])
+    return int(deleted)
 
 
 async def purge_expired(
@@ -481,10 +501,10 @@ async def purge_expired(
     """Retention: delete sessions inactive since before `sessions_before` (with their touches) and anonymous
     aggregates of days before `anon_events_before`. Returns (sessions deleted, aggregate rows deleted)."""
     with translate_errors():
-        sessions = await db.execute(
-            "DELETE FROM sessions WHERE tenant_id = $1 AND updated_at < $2", tenant_id, sessions_before
+        sessions = await db.fetchval(
+            _PURGE_SESSIONS, tenant_id, sessions_before,
         )
         anon = await db.execute(
             "DELETE FROM anon_events WHERE tenant_id = $1 AND day < $2", tenant_id, anon_events_before
         )
-    return int(sessions.split()[-1]), int(anon.split()[-1])
+    return int(sessions), int(anon.split()[-1])

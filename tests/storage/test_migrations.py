@@ -66,3 +66,11 @@ async def test_failing_migration_leaves_nothing_applied(
         ) == ["0002_fixed"]
     finally:
         await conn.close()
+
+
+async def test_touch_writes_check_no_foreign_key(db_pool: asyncpg.Pool) -> None:
+    """A page view's touch is written with its session in one statement; a foreign-key lookup per touch (from a
+    plan kept per connection, which scanned the table when prepared while it was small) is not paid."""
+    keys = await db_pool.fetchval(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'touches'::regclass AND contype = 'f'")
+    assert keys == 0

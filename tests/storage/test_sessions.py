@@ -13,6 +13,7 @@ import pytest
 from halo_proxy.storage import sessions
 from halo_proxy.storage.sessions import AnonEvent, ClickId, SessionWrite
 from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+from tests.storage.conftest import assert_indexed
 
 DAY1 = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -226,8 +227,9 @@ async def test_tenants_are_isolated(db_pool: asyncpg.Pool, tenant: str) -> None:
 
     assert await sessions.delete_sessions(db_pool, tenant, [sid]) == 1
     assert await sessions.get_session(db_pool, tenant, sid) is None
-    assert await sessions.count_touches(db_pool, tenant, sid) == 0  # cascaded
+    assert await sessions.count_touches(db_pool, tenant, sid) == 0  # deleted with it
     assert await sessions.get_session(db_pool, other_tenant, sid) is not None
+    assert await sessions.count_touches(db_pool, other_tenant, sid) == 1  # the same id of another tenant stays
 
 
 async def test_anon_events_are_counted(db_pool: asyncpg.Pool, tenant: str) -> None:
@@ -265,4 +267,12 @@ async def test_retention_purge(db_pool: asyncpg.Pool, tenant: str) -> None:
     )
     assert deleted == (1, 1)
     assert await sessions.get_session(db_pool, tenant, old) is None
+    assert await sessions.count_touches(db_pool, tenant, old) == 0
     assert await sessions.get_session(db_pool, tenant, recent) is not None
+    assert await sessions.count_touches(db_pool, tenant, recent) == 1
+
+
+async def test_session_deletes_read_through_indexes(planner: asyncpg.Connection) -> None:
+    await assert_indexed(planner, sessions._DELETE_SESSIONS, {"sessions_pkey", "touches_tenant_session_at"})
+    await assert_indexed(planner, sessions._PURGE_SESSIONS,
+                         {"sessions_tenant_updated_at", "touches_tenant_session_at"})
