@@ -28,8 +28,10 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import secrets
+import threading
 import uuid
 
 from cryptography.exceptions import InvalidTag
@@ -173,9 +175,49 @@ def _check_name(what: str, name: str) -> None:
         raise CryptoError(f"{what} name must match [a-z_][a-z0-9_]{{0,62}}")
 
 
+class RandomBytes:
+    """Operating-system randomness drawn 64 KiB at a time.
+
+    Every new visitor needs a session id, an `_fbp` number and AES-GCM nonces: one `getrandom` call each costs
+    more than the rest of the work on a sandboxed kernel. These come from one `os.urandom` read per thousands
+    of them instead. Each byte is handed out once (a lock guards the offset); a forked child starts empty, so a
+    parent and its workers never share bytes.
+    """
+
+    def __init__(self, chunk: int = 64 * 1024):
+        self._chunk = chunk
+        self._buf = b""
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            pos = self._pos
+            end = pos + n
+            if end > len(self._buf):
+                self._buf = os.urandom(max(self._chunk, n))
+                pos, end = 0, n
+            self._pos = end
+            return self._buf[pos:end]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._buf = b""
+            self._pos = 0
+
+
+RANDOM = RandomBytes()
+os.register_at_fork(after_in_child=RANDOM.reset)
+
+
 def new_session_id() -> uuid.UUID:
     """A fresh random visitor session id (UUID version 4)."""
-    return uuid.uuid4()
+    return uuid.UUID(bytes=RANDOM.take(16), version=4)
+
+
+def random_below(n: int) -> int:
+    """A random integer 0 <= x < n for n < 2**32 (the bias of 64 random bits modulo n is below 2**-32)."""
+    return int.from_bytes(RANDOM.take(8), "big") % n
 
 
 def blob_version(blob: bytes | bytearray | memoryview) -> int:
@@ -342,7 +384,7 @@ class KeyRing:
             raise CryptoError(f"key version must be from 1 to {self._current_version}")
         _check_name("table", table)
         _check_name("column", column)
-        nonce = secrets.token_bytes(_NONCE_BYTES)
+        nonce = RANDOM.take(_NONCE_BYTES)
         sealed = self._aead(tenant, version).encrypt(
             nonce, plaintext.encode("utf-8"), self._aad(tenant, table, column, version)
         )

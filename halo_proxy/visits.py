@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from .config import Tenant
-from .crypto import KeyRing
+from .crypto import KeyRing, random_below
 from .metrics import Metrics
 from .storage import sessions as session_store
 from .storage.errors import StorageError
@@ -396,7 +395,7 @@ class VisitTracker:
 
 
 def _new_fbp(now: datetime) -> str:
-    return f"fb.1.{int(now.timestamp() * 1000)}.{secrets.randbelow(9_000_000_000) + 1_000_000_000}"
+    return f"fb.1.{int(now.timestamp() * 1000)}.{random_below(9_000_000_000) + 1_000_000_000}"
 
 
 def _cookie_header(name: str, value: str, max_age: int, https: bool, *, domain: str | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import re
 import uuid
 
@@ -17,14 +18,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from halo_proxy.crypto import (
     BLIND_INDEX_BYTES,
+    RANDOM,
     CryptoError,
     KeyRing,
+    RandomBytes,
     SignatureError,
     blob_version,
     derive_key,
     generate_master_secret,
     new_session_id,
     parse_master_secret,
+    random_below,
     sign_shopify,
     sign_webhook,
     verify_shopify,
@@ -693,3 +697,36 @@ def test_verify_shopify_rejects(header, body, reason):
     with pytest.raises(SignatureError) as err:
         verify_shopify(SHOPIFY_SECRET, header, body)
     assert err.value.reason == reason
+
+
+def test_buffered_randomness_never_repeats_and_refills():
+    pool = RandomBytes(chunk=64)  # a tiny buffer: refilled many times below
+    draws = [pool.take(12) for _ in range(2000)]
+    assert len(set(draws)) == len(draws)
+    assert all(len(d) == 12 for d in draws)
+    assert len(pool.take(100)) == 100  # larger than the buffer
+
+
+def test_ids_and_fbp_numbers_from_the_buffer():
+    ids = [new_session_id() for _ in range(5000)]
+    assert len(set(ids)) == 5000
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    numbers = [random_below(9_000_000_000) for _ in range(2000)]
+    assert all(0 <= n < 9_000_000_000 for n in numbers)
+    assert len(set(numbers)) > 1990
+
+
+def test_a_forked_child_never_reuses_the_parents_random_bytes():
+    RANDOM.take(1)  # the parent has a filled buffer
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes must come from a fresh read
+        os.close(read_end)
+        os.write(write_end, RANDOM.take(32))
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 64)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != RANDOM.take(32)
