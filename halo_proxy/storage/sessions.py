@@ -145,19 +145,38 @@ def _first_touch_updates() -> str:
     )
 
 
-def _last_touch_updates() -> str:
+def _last_touch_updates(is_new: bool) -> str:
+    if is_new:  # a page view that created its session never moves the last touch of a row that exists already
+        return ",\n        ".join(f"lt_{c} = s.lt_{c}" for c in _TOUCH_COLUMNS)
     return ",\n        ".join(
-        f"lt_{c} = CASE WHEN NOT $3::boolean AND EXCLUDED.lt_at >= s.lt_at THEN EXCLUDED.lt_{c} ELSE s.lt_{c} END"
+        f"lt_{c} = CASE WHEN EXCLUDED.lt_at >= s.lt_at THEN EXCLUDED.lt_{c} ELSE s.lt_{c} END"
         for c in _TOUCH_COLUMNS
     )
 
 
-# One statement per page view, run for the whole batch with executemany (one pipelined round trip, atomic).
-# Parameters: $1 tenant, $2 session, $3 is_new, $4 write time, $5-$15 the touch, $16 click ids for the session
-# ({"gclid": {"value", "at"}}), $17 click ids for the touch ({"gclid": value}), $18-$23 device and geo,
-# $24-$27 consent, $28-$32 identifiers.
-_WRITE_VISIT = f"""
-WITH upsert AS (
+# The parameters of one page view, in the order `_visit_args` gives them, and their PostgreSQL types.
+_VISIT_PARAMS: tuple[tuple[str, str], ...] = (
+    ("tenant_id", "text"), ("session_id", "uuid"), ("is_new", "boolean"), ("written_at", "timestamptz"),
+    *((f"t_{c}", "text") for c in TOUCH_TEXT_FIELDS), ("t_at", "timestamptz"),
+    ("session_click_ids", "jsonb"), ("touch_click_ids", "jsonb"),
+    ("device_type", "text"), ("browser", "text"), ("os", "text"),
+    ("country", "text"), ("region", "text"), ("city", "text"),
+    ("consent_analytics", "boolean"), ("consent_marketing", "boolean"), ("gpc", "boolean"),
+    ("consent_source", "text"),
+    ("ip_hash", "bytea"), ("ip_enc", "bytea"), ("user_agent_enc", "bytea"), ("fbp", "text"), ("fbc", "text"),
+)
+_TOUCH_VALUES = ", ".join(f"v.t_{c}" for c in _TOUCH_COLUMNS)
+
+
+def _write_visits_sql(is_new: bool) -> str:
+    """One statement for a whole set of page views (one array per parameter, unnested), all new sessions or all
+    returning ones, each session at most once. Row for row it does what writing each page view alone does."""
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_VISIT_PARAMS, start=1))
+    names = ", ".join(name for name, _ in _VISIT_PARAMS)
+    return f"""
+WITH v AS (
+    SELECT * FROM unnest({arrays}) AS v({names})
+), upsert AS (
     INSERT INTO sessions AS s (
         tenant_id, id, created_at, updated_at,
         ft_source, ft_medium, ft_campaign, ft_term, ft_content, ft_utm_id, ft_channel,
@@ -167,19 +186,20 @@ WITH upsert AS (
         click_ids, device_type, browser, os, country, region, city,
         consent_analytics, consent_marketing, gpc, consent_source,
         ip_hash, ip_enc, user_agent_enc, fbp, fbc
-    ) VALUES (
-        $1, $2, $4, $4,
-        $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-        $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-        $16, $18, $19, $20, $21, $22, $23,
-        $24, $25, $26, $27,
-        $28, $29, $30, $31, $32
     )
+    SELECT
+        v.tenant_id, v.session_id, v.written_at, v.written_at,
+        {_TOUCH_VALUES},
+        {_TOUCH_VALUES},
+        v.session_click_ids, v.device_type, v.browser, v.os, v.country, v.region, v.city,
+        v.consent_analytics, v.consent_marketing, v.gpc, v.consent_source,
+        v.ip_hash, v.ip_enc, v.user_agent_enc, v.fbp, v.fbc
+    FROM v
     ON CONFLICT (tenant_id, id) DO UPDATE SET
         created_at = least(s.created_at, EXCLUDED.created_at),
         updated_at = greatest(s.updated_at, EXCLUDED.updated_at),
         {_first_touch_updates()},
-        {_last_touch_updates()},
+        {_last_touch_updates(is_new)},
         click_ids = halo_merge_click_ids(s.click_ids, EXCLUDED.click_ids),
         device_type = CASE WHEN EXCLUDED.updated_at >= s.updated_at THEN EXCLUDED.device_type ELSE s.device_type END,
         browser = CASE WHEN EXCLUDED.updated_at >= s.updated_at THEN EXCLUDED.browser ELSE s.browser END,
@@ -207,9 +227,14 @@ WITH upsert AS (
 INSERT INTO touches (
     tenant_id, session_id, source, medium, campaign, term, content, utm_id, channel,
     referrer_domain, referrer_url, landing_path, at, click_ids
-) VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $17)
+)
+SELECT v.tenant_id, v.session_id, {_TOUCH_VALUES}, v.touch_click_ids FROM v
 ON CONFLICT (tenant_id, session_id, at) DO NOTHING
 """
+
+
+_WRITE_NEW_VISITS = _write_visits_sql(is_new=True)
+_WRITE_RETURNING_VISITS = _write_visits_sql(is_new=False)
 
 
 def _utc(value: datetime) -> datetime:
@@ -259,29 +284,66 @@ def _visit_args(write: SessionWrite) -> tuple[Any, ...]:
 
 
 async def write_visits(db: Executor, batch: Sequence[SessionWrite]) -> None:
-    """Record a batch of page views in one transaction and one pipelined round trip.
+    """Record a batch of page views in one transaction, a statement per round rather than per page view.
 
     A new session gets its row (first touch = last touch = the touch) and a touch row; a session that already
     exists keeps its first touch. A returning visitor's touch updates the last touch, merges click ids, updates
     device, geo, consent and identifiers, and adds a touch row; a missing session row is created from it.
-    Within a session the batch order is kept; sessions are written in a fixed order so that concurrent
-    writers take row locks in the same order.
+    A statement may touch each session once, so the batch is cut into rounds: the first page view of every
+    session, then the second, and so on (almost always one round). Within a round, new and returning page
+    views are two statements. Sessions are written in a fixed order so that concurrent writers take row locks
+    in the same order.
     """
     if not batch:
         return
     ordered = sorted(batch, key=lambda w: (w.tenant_id, w.session_id.int))  # stable: keeps order per session
-    args = [_visit_args(w) for w in ordered]
+    statements = [(sql, columns) for rnd in _rounds(ordered)
+                  for sql, columns in _round_statements(rnd)]
     # Inside a caller's transaction a deadlock aborts that transaction: nothing to retry here.
-    attempts = 1 if isinstance(db, asyncpg.Connection) and db.is_in_transaction() else _DEADLOCK_RETRIES
+    in_transaction = isinstance(db, asyncpg.Connection) and db.is_in_transaction()
+    attempts = 1 if in_transaction else _DEADLOCK_RETRIES
     with translate_errors():
         for attempt in range(1, attempts + 1):
             try:
-                await db.executemany(_WRITE_VISIT, args)
+                if len(statements) == 1 or in_transaction:
+                    for sql, columns in statements:
+                        await db.execute(sql, *columns)
+                elif isinstance(db, asyncpg.Connection):
+                    async with db.transaction():
+                        for sql, columns in statements:
+                            await db.execute(sql, *columns)
+                else:
+                    async with db.acquire() as conn, conn.transaction():
+                        for sql, columns in statements:
+                            await conn.execute(sql, *columns)
                 return
             except asyncpg.exceptions.DeadlockDetectedError:
                 if attempt == attempts:
                     raise
                 await asyncio.sleep(0.01 * attempt)
+
+
+def _rounds(ordered: Sequence[SessionWrite]) -> list[list[SessionWrite]]:
+    """The k-th page view of every session in round k, in the given order."""
+    rounds: list[list[SessionWrite]] = []
+    seen: dict[tuple[str, UUID], int] = {}
+    for write in ordered:
+        key = (write.tenant_id, write.session_id)
+        index = seen.get(key, 0)
+        seen[key] = index + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(write)
+    return rounds
+
+
+def _round_statements(writes: list[SessionWrite]) -> list[tuple[str, list[list[Any]]]]:
+    out = []
+    for is_new, sql in ((True, _WRITE_NEW_VISITS), (False, _WRITE_RETURNING_VISITS)):
+        rows = [_visit_args(w) for w in writes if w.is_new is is_new]
+        if rows:
+            out.append((sql, [list(column) for column in zip(*rows, strict=True)]))
+    return out
 
 
 async def update_consent(db: Executor, tenant_id: str, session_id: UUID, consent: Consent, at: datetime) -> bool:
