@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from uuid import UUID
@@ -91,7 +91,10 @@ class PendingVisit:
             ip_enc = self.keys.encrypt(tenant_id, "sessions", "ip_enc", self.client_ip)
         if self.user_agent:
             ua_enc = self.keys.encrypt(tenant_id, "sessions", "user_agent_enc", self.user_agent[:UA_MAX_STORED])
-        return replace(self.write, ip_enc=ip_enc, user_agent_enc=ua_enc)
+        w = self.write  # built field by field: dataclasses.replace costs more than both encryptions
+        return SessionWrite(tenant_id=w.tenant_id, session_id=w.session_id, is_new=w.is_new, touch=w.touch,
+                            device=w.device, geo=w.geo, consent=w.consent, ip_hash=w.ip_hash, ip_enc=ip_enc,
+                            user_agent_enc=ua_enc, fbp=w.fbp, fbc=w.fbc, at=w.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +142,7 @@ class VisitWriter:
             self._visits.popleft()
             self.metrics.lost_writes.labels(kind="visit").inc()
             accepted = False
-        self._visits.append(write)
-        self.metrics.write_queue.set(len(self._visits))
+        self._visits.append(write)  # the queue-depth gauge is set at each flush, not on every page view
         if len(self._visits) >= self.batch_size:
             self._wake.set()
         return accepted

@@ -335,3 +335,24 @@ async def test_odd_requests_are_always_served(site, clean, raw):
     answer = await reader.read()
     writer.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_sealing_a_pending_visit_keeps_every_other_field():
+    from dataclasses import fields, replace
+    from uuid import uuid4
+
+    from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+    from halo_proxy.visits import PendingVisit
+
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    write = SessionWrite(tenant_id="shop", session_id=uuid4(), is_new=False, touch=Touch(at=at, source="g"),
+                         device=Device("mobile", "Chrome", "Android"), geo=Geo("CZ", "10", "Prague"),
+                         consent=Consent(True, True, source="cookieyes"), ip_hash=b"h", fbp="fb.1.1.2",
+                         fbc="fb.1.1.x", at=at + timedelta(seconds=1))
+    sealed = PendingVisit(write, KEYS, "203.0.113.9", "Mozilla/5.0").sealed()
+    assert KEYS.decrypt("shop", "sessions", "ip_enc", sealed.ip_enc) == "203.0.113.9"
+    assert KEYS.decrypt("shop", "sessions", "user_agent_enc", sealed.user_agent_enc) == "Mozilla/5.0"
+    expected = replace(write, ip_enc=sealed.ip_enc, user_agent_enc=sealed.user_agent_enc)
+    assert [getattr(sealed, f.name) for f in fields(SessionWrite)] == [getattr(expected, f.name)
+                                                                      for f in fields(SessionWrite)]
