@@ -33,7 +33,7 @@ from .config import Tenant
 from .crypto import KeyRing, random_below
 from .metrics import Metrics
 from .storage import sessions as session_store
-from .storage.errors import StorageError
+from .storage.errors import StorageError, StorageUnavailable
 from .storage.sessions import AnonEvent, SessionWrite
 from .tracking.campaign import has_campaign_data, parse_campaign
 from .tracking.consent import ConsentPolicy, parse_consent
@@ -41,6 +41,7 @@ from .tracking.device import parse_device
 from .tracking.geo import geo_from_headers
 from .tracking.models import Consent, Touch
 from .tracking.referrer import parse_referrer
+from .tracking.text import valid_text
 from .tracking.touch import campaign_fingerprint, touch_for_visit
 from .tracking.visit import skip_reason
 
@@ -106,6 +107,10 @@ class ConsentUpdate:
     consent: Consent
     at: datetime
 
+
+# Failures after which a write is kept and retried: the database is unreachable, not the data wrong.
+_UNAVAILABLE = (StorageUnavailable, OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError)
 
 # ---------------------------------------------------------------------------------------------------------
 
@@ -183,16 +188,9 @@ class VisitWriter:
                         self._anon[key] = self._anon.get(key, 0) + count
             while ok and self._visits:
                 batch = [self._visits.popleft() for _ in range(min(self.batch_size, len(self._visits)))]
-                updates = [w for w in batch if isinstance(w, ConsentUpdate)]
                 try:
-                    visits = [w.sealed() if isinstance(w, PendingVisit) else w
-                              for w in batch if not isinstance(w, ConsentUpdate)]
-                    if visits:
-                        await session_store.write_visits(self.pool, visits)
-                    for update in updates:
-                        await session_store.update_consent(self.pool, update.tenant_id, update.session_id,
-                                                           update.consent, update.at)
-                except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                    await self._write(batch)
+                except _UNAVAILABLE as err:
                     ok = False
                     self._storage_failed("visits", err)
                     room = self.max_queue - len(self._visits)
@@ -200,10 +198,37 @@ class VisitWriter:
                     self._visits.extendleft(reversed(keep))
                     if len(keep) < len(batch):
                         self.metrics.lost_writes.labels(kind="visit").inc(len(batch) - len(keep))
+                except Exception as err:  # noqa: BLE001 - a bad row must not stop every later page view
+                    self._storage_failed("visits", err)
+                    await self._write_one_by_one(batch)
             self.metrics.write_queue.set(len(self._visits))
             if ok:
                 self.healthy = True
             return ok
+
+    async def _write(self, batch: list[SessionWrite | PendingVisit | ConsentUpdate]) -> None:
+        visits = [w.sealed() if isinstance(w, PendingVisit) else w
+                  for w in batch if not isinstance(w, ConsentUpdate)]
+        if visits:
+            await session_store.write_visits(self.pool, visits)
+        for update in batch:
+            if isinstance(update, ConsentUpdate):
+                await session_store.update_consent(self.pool, update.tenant_id, update.session_id,
+                                                   update.consent, update.at)
+
+    async def _write_one_by_one(self, batch: list[SessionWrite | PendingVisit | ConsentUpdate]) -> None:
+        """A batch refused for its content (not for an outage): each write on its own, so that only the bad
+        one is dropped (and counted, and logged) and the rest are stored. An outage meanwhile requeues the
+        writes not yet stored."""
+        for index, write in enumerate(batch):
+            try:
+                await self._write([write])
+            except _UNAVAILABLE:
+                self._visits.extendleft(reversed(batch[index:]))
+                return
+            except Exception as err:  # noqa: BLE001
+                self.metrics.lost_writes.labels(kind="invalid").inc()
+                log.error("a page-view write was refused and dropped (%s: %s)", type(err).__name__, err)
 
     def _storage_failed(self, op: str, err: BaseException) -> None:
         self.healthy = False
@@ -287,6 +312,8 @@ class VisitTracker:
         opened = self.keys.open_session_state(tenant.id, raw_cookie) if raw_cookie is not None else None
         query = request.query if request.query_string else _EMPTY_QUERY
         referer = headers.get("Referer")
+        if referer is not None and not referer.isascii():
+            referer = valid_text(referer)
 
         if not (consent.analytics or consent.marketing):
             self._anonymous(request, tenant, query, referer, consent)
@@ -332,12 +359,18 @@ class VisitTracker:
 
         fbp = fbc = None
         user_agent = headers.get("User-Agent")
+        if user_agent is not None and not user_agent.isascii():
+            user_agent = valid_text(user_agent)
         if consent.marketing:
             fbp = cookies.get("_fbp")
+            if fbp and not fbp.isascii():
+                fbp = None  # not a value Meta set or we set: replaced below
             if not fbp:
                 fbp = _new_fbp(now)
                 set_cookies.append(self._fbp_cookie(https, now, fbp))
             fbc = cookies.get("_fbc")
+            if fbc and not fbc.isascii():
+                fbc = None
             fbclid = campaign.click_id_map.get("fbclid")
             if fbclid and (not fbc or fbc.rsplit(".", 1)[-1] != fbclid):
                 fbc = f"fb.1.{int(now.timestamp() * 1000)}.{fbclid}"

@@ -356,3 +356,47 @@ def test_sealing_a_pending_visit_keeps_every_other_field():
     expected = replace(write, ip_enc=sealed.ip_enc, user_agent_enc=sealed.user_agent_enc)
     assert [getattr(sealed, f.name) for f in fields(SessionWrite)] == [getattr(expected, f.name)
                                                                       for f in fields(SessionWrite)]
+
+
+async def test_undecodable_header_bytes_are_stored_not_fatal(site, clean):
+    """A user agent or referrer with bytes that are not UTF-8 still gives a stored visit, and the writer goes on."""
+    import asyncio
+
+    for n in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(f"GET /?utm_source=s{n} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/html\r\n".encode()
+                     + b"Sec-Fetch-Dest: document\r\nUser-Agent: Mozilla/5.0 (X11; caf\xe9\xff) Firefox/128.0\r\n"
+                     + b"Referer: https://news.example/caf\xe9\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    await flush(site)
+    assert await store.count_sessions(clean, "shop") == 2
+    assert site.app[WRITER].healthy
+
+
+async def test_a_refused_write_is_dropped_alone_and_the_writer_goes_on(clean):
+    from dataclasses import replace
+    from uuid import uuid4
+
+    from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+    from halo_proxy.visits import PendingVisit, VisitWriter
+
+    metrics = Metrics()
+    writer = VisitWriter(clean, metrics)
+    good = SessionWrite(tenant_id="shop", session_id=uuid4(), is_new=True, touch=Touch(at=DAY1, source="g"),
+                        device=Device("desktop", None, None), geo=Geo(), consent=Consent(True, True, source="x"),
+                        at=DAY1)
+    refused = replace(good, session_id=uuid4(), fbp="fb\x00nul")  # PostgreSQL refuses NUL in text
+    unsealable = PendingVisit(replace(good, session_id=uuid4()), KEYS, "203.0.113.1", "\ud800 lone")
+    later = replace(good, session_id=uuid4())
+    for write in (good, refused, unsealable, later):
+        writer.submit(write)
+    assert await writer.flush() is True
+    assert await store.count_sessions(clean, "shop") == 2  # good and later
+    assert metrics.registry.get_sample_value("halo_storage_lost_writes_total", {"kind": "invalid"}) == 2
+    writer.submit(replace(good, session_id=uuid4()))
+    assert await writer.flush() is True
+    assert await store.count_sessions(clean, "shop") == 3

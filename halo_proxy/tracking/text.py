@@ -6,13 +6,22 @@ import re
 
 # C0 controls (NUL is refused by PostgreSQL text columns), DEL and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(value: str) -> str:
+    """`value` as storable Unicode. aiohttp hands over header bytes that are not UTF-8 as lone surrogates
+    ("\\udcff"), which neither PostgreSQL nor an encryption of the text accepts: they become U+FFFD."""
+    if value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
 
 
 def clean(value: str | None, limit: int) -> str | None:
     """Trimmed value without control characters, cut to `limit` characters; None when nothing is left."""
     if value is None:
         return None
-    value = _CONTROL.sub("", value).strip()
+    value = _CONTROL.sub("", valid_text(value)).strip()
     if not value:
         return None
     return value[:limit]
