@@ -18,10 +18,12 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from halo_proxy.tracking.models import CLICK_ID_PARAMS, TOUCH_TEXT_FIELDS, Consent, Device, Geo, Touch
 
 from .db import translate_errors
+from .errors import StorageError
 
 __all__ = [
     "AnonEvent",
@@ -154,7 +156,7 @@ def _last_touch_updates(is_new: bool) -> str:
     )
 
 
-# The parameters of one page view, in the order `_visit_args` gives them, and their PostgreSQL types.
+# The fields of one page view, in the order `_visit_args` gives them, and their PostgreSQL types.
 _VISIT_PARAMS: tuple[tuple[str, str], ...] = (
     ("tenant_id", "text"), ("session_id", "uuid"), ("is_new", "boolean"), ("written_at", "timestamptz"),
     *((f"t_{c}", "text") for c in TOUCH_TEXT_FIELDS), ("t_at", "timestamptz"),
@@ -169,13 +171,16 @@ _TOUCH_VALUES = ", ".join(f"v.t_{c}" for c in _TOUCH_COLUMNS)
 
 
 def _write_visits_sql(is_new: bool) -> str:
-    """One statement for a whole set of page views (one array per parameter, unnested), all new sessions or all
-    returning ones, each session at most once. Row for row it does what writing each page view alone does."""
-    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_VISIT_PARAMS, start=1))
-    names = ", ".join(name for name, _ in _VISIT_PARAMS)
+    """One statement for a whole set of page views, all new sessions or all returning ones, each session at
+    most once. Row for row it does what writing each page view alone does.
+
+    The page views arrive as one JSON array of objects (`_rows_json`): one orjson call in the proxy instead of
+    encoding 32 parameters per page view, for a JSON parse in PostgreSQL that costs less than that encoding.
+    """
+    columns = ", ".join(f"{name} {kind}" for name, kind in _VISIT_PARAMS)
     return f"""
 WITH v AS (
-    SELECT * FROM unnest({arrays}) AS v({names})
+    SELECT * FROM json_to_recordset($1::json) AS v({columns})
 ), upsert AS (
     INSERT INTO sessions AS s (
         tenant_id, id, created_at, updated_at,
@@ -337,13 +342,32 @@ def _rounds(ordered: Sequence[SessionWrite]) -> list[list[SessionWrite]]:
     return rounds
 
 
-def _round_statements(writes: list[SessionWrite]) -> list[tuple[str, list[list[Any]]]]:
+def _round_statements(writes: list[SessionWrite]) -> list[tuple[str, list[str]]]:
     out = []
     for is_new, sql in ((True, _WRITE_NEW_VISITS), (False, _WRITE_RETURNING_VISITS)):
-        rows = [_visit_args(w) for w in writes if w.is_new is is_new]
+        rows = [w for w in writes if w.is_new is is_new]
         if rows:
-            out.append((sql, [list(column) for column in zip(*rows, strict=True)]))
+            out.append((sql, [_rows_json(rows)]))
     return out
+
+
+_PARAM_NAMES = tuple(name for name, _ in _VISIT_PARAMS)
+
+
+def _rows_json(writes: list[SessionWrite]) -> str:
+    """The page views as the JSON array `json_to_recordset` reads: bytea as PostgreSQL's hex text (\\x...),
+    times as RFC 3339, ids as UUID text."""
+    try:
+        return orjson.dumps([dict(zip(_PARAM_NAMES, _visit_args(w), strict=True)) for w in writes],
+                            default=_json_bytes).decode()
+    except TypeError as err:  # orjson.JSONEncodeError: a value with no JSON form (a lone surrogate, say)
+        raise StorageError(f"invalid value for the database: {err}") from err
+
+
+def _json_bytes(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    raise TypeError(f"{type(value).__name__} is not stored as JSON")
 
 
 async def update_consent(db: Executor, tenant_id: str, session_id: UUID, consent: Consent, at: datetime) -> bool:
