@@ -65,10 +65,19 @@ def _click_id(value: str | None) -> str | None:
 def parse_campaign(query: Mapping[str, str]) -> Campaign:
     """UTMs and click ids from a query mapping (first value per name). Names are matched exactly (lowercase utm_*,
     `ScCid` as the platform spells it). UTM values are trimmed and cut to UTM_MAX_LENGTH; click ids are verbatim."""
-    if not has_campaign_data(query):
+    if not query:
         return NO_CAMPAIGN
-    utm = [clean(query.get(name), UTM_MAX_LENGTH) for name in UTM_PARAMS]
+    found: dict[str, str] = {}
+    for name, value in query.items():  # a landing URL has a few parameters; there are 18 campaign names
+        if name in _CAMPAIGN_PARAMS and name not in found:
+            found[name] = value
+    if not found:
+        return NO_CAMPAIGN
+    utm = [clean(found.get(name), UTM_MAX_LENGTH) for name in UTM_PARAMS]
     click_ids = tuple(
-        (name, value) for name in CLICK_ID_PARAMS if (value := _click_id(query.get(name))) is not None
+        (name, value) for name in CLICK_ID_PARAMS
+        if name in found and (value := _click_id(found[name])) is not None
     )
-    return Campaign(*utm, click_ids=click_ids)
+    if click_ids or any(utm):
+        return Campaign(*utm, click_ids=click_ids)
+    return NO_CAMPAIGN

@@ -13,7 +13,6 @@ Functions return decisions as data; storing them is the caller's job.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -90,14 +89,11 @@ def same_campaign(a: Touch, b: Touch) -> bool:
     return _campaign_fields(a) == _campaign_fields(b)
 
 
-def campaign_fingerprint(touch: Touch) -> str:
-    """A short stable digest of the touch's campaign data, small enough to keep next to a session id so that a
-    repeat of the last touch can be recognised without reading it back."""
-    text = "\x1f".join(
-        "\x1e".join(f"{k}={v}" for k, v in part) if isinstance(part, tuple) else (part or "")
-        for part in _campaign_fields(touch)
-    )
-    return hashlib.blake2s(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+def campaign_fingerprint(touch: Touch) -> int:
+    """A 64-bit digest of the touch's campaign data, small enough to keep next to a session id so that a repeat
+    of the last touch can be recognised without reading it back. Python's own hash: stable within the process
+    that keeps it, which is the only place it is compared."""
+    return hash(_campaign_fields(touch))
 
 
 class TouchAction(enum.Enum):

@@ -178,7 +178,7 @@ def test_fingerprint_differs_for_different_campaigns():
     a = visit("https://acme.localhost/?utm_source=google&utm_medium=cpc&utm_campaign=a", DAY_1)
     b = visit("https://acme.localhost/?utm_source=google&utm_medium=cpc&utm_campaign=b", DAY_1)
     assert campaign_fingerprint(a) != campaign_fingerprint(b)
-    assert len(campaign_fingerprint(a)) == 16
+    assert isinstance(campaign_fingerprint(a), int)
 
 
 T0 = DAY_1
