@@ -48,12 +48,11 @@ class UpstreamError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a tenant's upstream lives: scheme, host, port, and a path prefix put before every request path."""
+    """Where a tenant's upstream lives (the config allows an origin only, no path)."""
 
     scheme: str
     host: str
     port: int
-    prefix: str = ""
 
     @property
     def tls(self) -> bool:
@@ -62,14 +61,14 @@ class Origin:
 
 @functools.lru_cache(maxsize=256)
 def parse_origin(url: str) -> Origin:
-    """`http://shop.internal:8080/base` -> Origin. The config has validated the URL already."""
+    """`http://shop.internal:8080` -> Origin. The config has validated the URL already."""
     from yarl import URL
 
     parsed = URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise ValueError(f"not an http(s) origin: {url!r}")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return Origin(parsed.scheme, parsed.raw_host, port, parsed.raw_path.rstrip("/"))
+    return Origin(parsed.scheme, parsed.raw_host, port)
 
 
 def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
@@ -431,7 +430,7 @@ class UpstreamPool:
 
         The caller must call `release()` on the response when done with it, whatever happens.
         """
-        head = request_head(method, origin.prefix + target, headers)
+        head = request_head(method, target, headers)
         head_only = method == "HEAD"
         retry = body is None and method in IDEMPOTENT
         while True:

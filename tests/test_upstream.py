@@ -130,19 +130,12 @@ def test_request_head_is_written_as_given_with_undecodable_bytes_restored():
     assert head == b"GET /a%20b?q=1&q=2 HTTP/1.1\r\nHost: shop.example\r\nX-Raw: caf\xe9\r\n\r\n"
 
 
-def test_origin_parsing_keeps_a_path_prefix_and_default_ports():
-    assert parse_origin("http://127.0.0.1:9001") == Origin("http", "127.0.0.1", 9001, "")
-    assert parse_origin("https://shop.internal/base/") == Origin("https", "shop.internal", 443, "/base")
-    assert parse_origin("http://shop.internal") == Origin("http", "shop.internal", 80, "")
+def test_origin_parsing_fills_default_ports():
+    assert parse_origin("http://127.0.0.1:9001") == Origin("http", "127.0.0.1", 9001)
+    assert parse_origin("https://shop.internal/") == Origin("https", "shop.internal", 443)
+    assert parse_origin("http://shop.internal") == Origin("http", "shop.internal", 80)
     with pytest.raises(ValueError):
         parse_origin("ftp://shop.internal")
-
-
-async def test_path_prefix_is_put_before_the_request_path(pool):
-    async with scripted(serve_each(OK_HELLO)) as (port, script):
-        response = await pool.request(Origin("http", "127.0.0.1", port, "/base"), "GET", "/x?y=1", [])
-        response.release()
-    assert script.requests[0][0].startswith(b"GET /base/x?y=1 HTTP/1.1\r\n")
 
 
 async def test_content_length_body_is_streamed_as_is(pool):
