@@ -327,7 +327,9 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The proxy is done with the response: back to the pool when the exchange is complete, else closed."""
         sender = self.sender
-        sender_ok = sender is None or (sender.done() and not sender.cancelled() and sender.exception() is None)
+        # Reusable only when the whole request went out: an upstream that answered early (413) and kept the
+        # connection alive would read the rest of the body as the next request.
+        sender_ok = sender is None or (sender.done() and not sender.cancelled() and sender.result() is True)
         if sender is not None and not sender.done():
             sender.cancel()
         response = self.response
@@ -531,14 +533,15 @@ def _default_tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: bool) -> None:
-    """Stream the visitor's request body upstream, as received, with the upstream's backpressure."""
+async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: bool) -> bool:
+    """Stream the visitor's request body upstream, as received, with the upstream's backpressure. True when
+    all of it was sent."""
     transport = conn.transport
     assert transport is not None
     try:
         async for chunk in body:
             if conn.closed or conn.done:
-                return  # the upstream answered (or went away) without reading it all
+                return False  # the upstream answered (or went away) without reading it all
             if not chunk:
                 continue
             if chunked:
@@ -548,12 +551,16 @@ async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: boo
             conn.last_progress = conn.loop.time()
             if conn.write_paused:
                 await conn.drain()
-        if chunked and not conn.closed:
+        if conn.closed:
+            return False
+        if chunked:
             transport.write(b"0\r\n\r\n")
+        return True
     except UpstreamError:
-        return  # the exchange has failed already; the proxy sees it on the response side
+        return False  # the exchange has failed already; the proxy sees it on the response side
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the visitor's body broke (bad chunked framing, disconnect): the exchange fails
         conn._fail(UpstreamError("client_body", type(err).__name__))
         conn._close()
+        return False

@@ -194,6 +194,36 @@ async def test_an_early_answer_does_not_wait_for_the_rest_of_the_body(pool):
     assert sent < 64 * 1024 * 1024
 
 
+async def test_a_connection_with_a_half_sent_body_is_never_reused(pool):
+    """The upstream answers 413 and keeps the connection alive before the upload ends: the rest of the body
+    would be read as the next request, so the connection must not go back to the pool."""
+    answered = asyncio.Event()
+
+    async def slow_body():
+        yield b"a" * 10
+        await answered.wait()
+        await asyncio.sleep(0.05)
+        yield b"b" * 10  # never sent: the exchange is over
+
+    async def handler(reader, writer, script):
+        script.requests.append((await reader.readuntil(b"\r\n\r\n"), b""))
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        rest = await reader.read()  # whatever else arrives on this connection
+        assert b"GET" not in rest
+
+    async with scripted(handler) as (port, script):
+        response = await pool.request(origin(port), "POST", "/upload", [("Content-Length", "20")], slow_body())
+        assert response.status == 413
+        answered.set()
+        await asyncio.sleep(0.2)  # the sender notices the finished exchange
+        response.release()
+        assert pool.idle_count() == 0
+        status, _, _ = await fetch(pool, port)  # a new connection, answered by a fresh handler
+        assert status == 413
+    assert script.connections == 2
+
+
 async def test_a_broken_client_body_fails_the_exchange(pool):
     async def broken():
         yield b"part"
