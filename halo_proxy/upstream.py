@@ -211,7 +211,16 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def eof_received(self) -> bool:
-        return False  # close our side too; connection_lost follows
+        # The upstream will send nothing more: a body without framing is complete, an unfinished answer has
+        # failed now (not after the read timeout), and the connection is dropped at once, unsent bytes and all.
+        if self.parser is not None and not self.done:
+            if self.response is not None and self.until_close:
+                self._complete()
+            else:
+                self._fail(UpstreamError("reset", "the upstream closed the connection",
+                                         retryable=self.used and not self.received))
+        self._close()
+        return True  # _close has aborted the transport; asyncio must not close it a second time
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -336,6 +345,8 @@ class _Connection(asyncio.Protocol):
         if (self.done and not self.closed and sender_ok and response is not None and response.keep_alive
                 and self.error is None):
             self.used = True
+            if self.reading_paused:  # the answer ended above the buffer mark and was left unread
+                self.resume_reading()
             self.parser = None
             self.response = None
             self.headers_waiter = None
@@ -380,18 +391,23 @@ class _Connection(asyncio.Protocol):
             self.timer = None
 
     def _close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        # abort, not close: close would wait for a write buffer the upstream may never read.
+        if self.transport is not None and not self.closed:
             self.transport.abort()
         self.pool._forget(self)
 
 
 def _framed(headers: list[tuple[str, str]]) -> bool:
-    """Whether the body length is known from the headers (Content-Length or chunked)."""
-    for name, _ in headers:
+    """Whether the body's end is known from the headers: a Content-Length, or chunked as the last transfer
+    coding (RFC 9112 6.3: any other Transfer-Encoding on a response means the body ends at close)."""
+    framed = False
+    for name, value in headers:
         lname = name.lower()
-        if lname == "content-length" or lname == "transfer-encoding":
-            return True
-    return False
+        if lname == "content-length":
+            framed = True
+        elif lname == "transfer-encoding":
+            framed = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
+    return framed
 
 
 def _keeps_alive(version: str, headers: list[tuple[str, str]]) -> bool:

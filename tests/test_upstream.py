@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -325,6 +326,36 @@ async def test_an_unread_body_closes_the_connection(pool):
     assert pool.idle_count() == 0
 
 
+async def test_an_answer_left_unread_above_the_buffer_mark_leaves_a_reading_connection(pool):
+    """The answer's last bytes pushed the buffer over the mark (reading paused) and the visitor left before
+    reading them: the pooled connection must read again, or the next exchange on it would hang."""
+    size = HIGH_WATER + 1
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+    async with scripted(serve_each(big, OK_HELLO)) as (port, script):
+        response = await pool.request(origin(port), "GET", "/big", [])
+        for _ in range(100):  # until the whole answer is in, unread
+            if response._conn.done:
+                break
+            await asyncio.sleep(0.02)
+        response.release()
+        assert pool.idle_count() == 1
+        status, _, data = await asyncio.wait_for(fetch(pool, port, read_timeout=2), 5)
+        assert (status, data) == (200, b"hello")
+    assert script.connections == 1
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"identity"])
+async def test_a_transfer_coding_other_than_chunked_ends_at_close(pool, coding):
+    async def handler(reader, writer, script):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\nhello")
+        await writer.drain()
+
+    async with scripted(handler) as (port, _):
+        assert (await fetch(pool, port))[2] == b"hello"
+    assert pool.idle_count() == 0
+
+
 # --------------------------------------------------------------------------------------------------------
 # Failures.
 
@@ -369,6 +400,35 @@ async def test_refused_and_connect_timeout(pool):
         with pytest.raises(UpstreamError) as err:
             await fetch(pool, port, connect_timeout=0.3)
     assert err.value.kind == "connect_timeout"
+
+
+async def test_an_upstream_that_stops_reading_and_closes_fails_at_once(pool):
+    """FIN from the upstream while a large upload is still buffered: reported as a reset straight away (not
+    after the read timeout), and the socket is closed even though its write buffer never drained."""
+    held = []
+
+    async def handler(reader, writer, script):
+        await reader.readuntil(b"\r\n\r\n")
+        held.append(writer)
+        writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
+        writer.transport.pause_reading()
+        await asyncio.sleep(30)
+
+    async def body():
+        for _ in range(256):
+            yield b"z" * 65536
+
+    try:
+        async with scripted(handler) as (port, _):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamError) as err:
+                await pool.request(origin(port), "POST", "/", [("Content-Length", str(256 * 65536))], body(),
+                                   read_timeout=5.0)
+            assert err.value.kind == "reset"
+            assert asyncio.get_running_loop().time() - started < 2.0
+    finally:
+        for writer in held:
+            writer.transport.abort()
 
 
 async def test_read_timeout_before_the_headers(pool):
