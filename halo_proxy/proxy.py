@@ -180,6 +180,8 @@ class Proxy:
         except UpstreamError as err:
             if err.kind == "client_body":
                 return error_page(400, "Bad Request", "The request body could not be read.")
+            if err.kind == "client_timeout":
+                return error_page(408, "Request Timeout", "The request body did not arrive in time.")
             status, title, detail = FAILURES.get(err.kind, FAILURES["refused"])
             self.metrics.upstream_errors.labels(tenant=tenant.id, kind=err.kind).inc()
             return error_page(status, title, detail)

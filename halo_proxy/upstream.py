@@ -17,7 +17,7 @@ protocols, with httptools (llhttp, the parser Node.js uses) reading the response
 - a request without a body that meets a pooled connection the upstream had just closed is sent once more on
   a new connection (RFC 9110 9.2.2 allows it for idempotent methods; nothing reached the upstream);
 - failures are `UpstreamError`s with a `kind`: connect_timeout, read_timeout, refused, tls, reset, malformed, and
-  client_body when the visitor's own request body was broken.
+  client_body / client_timeout when the visitor's own request body was broken or stalled for `read_s`.
 
 WebSocket upgrades do not come here: the proxy hands them to aiohttp's client.
 """
@@ -187,6 +187,7 @@ class _Connection(asyncio.Protocol):
         self.last_progress = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
+        self.waiting_for_visitor = False  # the request body sender waits for the visitor's next bytes
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
 
@@ -382,7 +383,10 @@ class _Connection(asyncio.Protocol):
         if now < deadline:
             self.timer = self.loop.call_at(deadline, self._on_timer)
             return
-        self._fail(UpstreamError("read_timeout", f"no progress for {self.read_timeout:g} s"))
+        if self.waiting_for_visitor:  # the upstream waits for us: it is the visitor's upload that stalled
+            self._fail(UpstreamError("client_timeout", f"no request body bytes for {self.read_timeout:g} s"))
+        else:
+            self._fail(UpstreamError("read_timeout", f"no progress for {self.read_timeout:g} s"))
         self._close()
 
     def _cancel_timer(self) -> None:
@@ -451,8 +455,9 @@ class UpstreamPool:
         head = request_head(method, target, headers)
         head_only = method == "HEAD"
         retry = body is None and method in IDEMPOTENT
+        retried = False
         while True:
-            conn = self._take_idle(origin)
+            conn = None if retried else self._take_idle(origin)  # a retry never meets a second stale one
             if conn is None:
                 conn = await self._connect(origin, connect_timeout)
             waiter = conn.begin(head, head_only, read_timeout)
@@ -462,8 +467,8 @@ class UpstreamPool:
                 return await waiter
             except UpstreamError as err:
                 conn.finish()
-                if retry and err.retryable:
-                    retry = False
+                if retry and err.retryable and not retried:
+                    retried = True
                     continue
                 raise
             except BaseException:
@@ -554,8 +559,16 @@ async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: boo
     all of it was sent."""
     transport = conn.transport
     assert transport is not None
+    chunks = body.__aiter__()
     try:
-        async for chunk in body:
+        while True:
+            conn.waiting_for_visitor = True
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                conn.waiting_for_visitor = False
             if conn.closed or conn.done:
                 return False  # the upstream answered (or went away) without reading it all
             if not chunk:

@@ -142,6 +142,20 @@ async def test_an_upstream_answering_before_the_whole_upload_is_answered(aiohttp
         await server.wait_closed()
 
 
+async def test_a_stalled_upload_is_408_and_not_an_upstream_error(aiohttp_server):
+    metrics = Metrics()
+    upstream = await aiohttp_server(create_upstream())
+    proxy = await aiohttp_server(create_app(settings_for(upstream.port), metrics))  # read_s 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n12345".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(200), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    value = metrics.registry.get_sample_value
+    assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "read_timeout"}) is None
+
+
 @pytest.mark.parametrize("raw", [
     "/a%2Fb/%7Euser;p=1?q=%20a+b&x=1&x=2&empty=&%F0%9F%98%80=1",
     "/path//double/./dot?utm_source=Google%20Ads&gclid=Cj0KCQ_-AbC",

@@ -225,6 +225,22 @@ async def test_a_connection_with_a_half_sent_body_is_never_reused(pool):
     assert script.connections == 2
 
 
+async def test_a_stalled_upload_is_the_visitors_timeout_not_the_upstreams(pool):
+    async def stalled():
+        yield b"12345"
+        await asyncio.sleep(30)  # the visitor stops sending
+        yield b"67890"
+
+    async def handler(reader, writer, script):
+        await reader.read()  # waits for the body like any upstream
+
+    async with scripted(handler) as (port, _):
+        with pytest.raises(UpstreamError) as err:
+            await asyncio.wait_for(pool.request(origin(port), "POST", "/", [("Content-Length", "10")], stalled(),
+                                                read_timeout=0.3), 10)
+    assert err.value.kind == "client_timeout"
+
+
 async def test_a_broken_client_body_fails_the_exchange(pool):
     async def broken():
         yield b"part"
@@ -496,6 +512,30 @@ async def test_stale_pooled_connection_is_retried_once_for_a_request_without_bod
         assert (await fetch(pool, port))[2] == b"hello"
         assert (await fetch(pool, port))[2] == b"hello"
     assert script.connections == 2
+
+
+async def test_the_retry_opens_a_new_connection_rather_than_another_pooled_one(pool):
+    stale = False
+
+    async def handler(reader, writer, script):
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            if stale and script.connections <= 2:
+                writer.transport.abort()  # both pooled connections were closed by the upstream meanwhile
+                return
+            writer.write(OK_HELLO)
+            await writer.drain()
+
+    async with scripted(handler) as (port, script):
+        responses = [await pool.request(origin(port), "GET", "/", []) for _ in range(2)]
+        for response in responses:
+            while await response.read():
+                pass
+            response.release()
+        assert pool.idle_count() == 2
+        stale = True
+        assert (await fetch(pool, port))[2] == b"hello"
+    assert script.connections == 3
 
 
 async def test_stale_pooled_connection_is_not_retried_with_a_body(pool):
