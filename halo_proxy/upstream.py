@@ -181,7 +181,7 @@ class _Connection(asyncio.Protocol):
         self.done = False  # the response message is complete
         self.until_close = False  # the body has no framing: it ends when the upstream closes
         self.received = False  # any byte of this exchange's response has arrived
-        self.sender: asyncio.Task[None] | None = None
+        self.sender: asyncio.Task[bool] | None = None
         self.error: UpstreamError | None = None
         self.read_timeout = 30.0
         self.last_progress = 0.0
