@@ -219,9 +219,11 @@ class Proxy:
         except UpstreamError as err:
             if _client_gone(request):
                 return response
-            # The upstream failed after the headers went out: abort, never fake a complete body.
-            self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
-            log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
+            # The exchange failed after the headers went out: abort, never fake a complete body. When the
+            # visitor's own upload broke or stalled, that is not the upstream's failure.
+            if not err.kind.startswith("client_"):
+                self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
+                log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
             if request.transport is not None:
                 request.transport.abort()
         except ConnectionResetError:

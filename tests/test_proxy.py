@@ -156,6 +156,35 @@ async def test_a_stalled_upload_is_408_and_not_an_upstream_error(aiohttp_server)
     assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "read_timeout"}) is None
 
 
+async def test_an_upload_stalling_after_the_answer_began_is_not_an_upstream_failure(aiohttp_server):
+    writers = []
+
+    async def upstream_handler(reader, writer):  # answers at once, then waits for the rest of the upload
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
+    try:
+        metrics = Metrics()
+        proxy = await aiohttp_server(create_app(settings_for(server.sockets[0].getsockname()[1]), metrics))
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(f"POST /x HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n12345".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # the proxy aborts after read_s (0.5 s)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
+        value = metrics.registry.get_sample_value
+        assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "aborted_mid_body"}) is None
+    finally:
+        for w in writers:
+            w.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("raw", [
     "/a%2Fb/%7Euser;p=1?q=%20a+b&x=1&x=2&empty=&%F0%9F%98%80=1",
     "/path//double/./dot?utm_source=Google%20Ads&gclid=Cj0KCQ_-AbC",
