@@ -17,7 +17,7 @@ from aiohttp import web
 from halo_proxy.app import create_app
 from halo_proxy.config import parse
 from halo_proxy.metrics import Metrics
-from tests.upstream import SEEN, blackhole, closed_port, create_upstream, raw_server
+from tests.upstream import SEEN, blackhole, closed_port, create_upstream, raw_server, scripted
 
 HOST = "shop.localhost"
 
@@ -83,106 +83,80 @@ async def test_chunked_request_body_is_forwarded_chunked(proxy, upstream, client
     assert seen["transfer-encoding"] == "chunked" and "content-length" not in seen
 
 
-async def test_header_bytes_that_are_not_utf8_reach_the_upstream_unchanged(proxy):
-    got: list[bytes] = []
-
-    async def handler(reader, writer):
-        got.append(await reader.readuntil(b"\r\n\r\n"))
+async def test_header_bytes_that_are_not_utf8_reach_the_upstream_unchanged(aiohttp_server):
+    async def handler(reader, writer, script):
+        script.requests.append((await reader.readuntil(b"\r\n\r\n"), b""))
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Back: caf\xe9\r\n\r\nok")
         await writer.drain()
-        writer.close()
 
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    try:
-        app = create_app(settings_for(server.sockets[0].getsockname()[1]), Metrics())
-        from aiohttp.test_utils import TestServer
-
-        async with TestServer(app) as proxy_server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", proxy_server.port)
-            writer.write(f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n".encode()
-                         + b"X-Name: caf\xe9\r\n\r\n")
-            await writer.drain()
-            answer = await reader.read()
-            writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert b"\r\nX-Name: caf\xe9\r\n" in got[0]
+    async with scripted(handler) as (port, script):
+        proxy = await proxy_to(aiohttp_server, port)
+        answer = await raw_exchange(proxy, f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n".encode()
+                                    + b"X-Name: caf\xe9\r\n\r\n")
+    assert b"\r\nX-Name: caf\xe9\r\n" in script.requests[0][0]
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
 
 
 async def test_an_upstream_answering_before_the_whole_upload_is_answered(aiohttp_server, client):
-    writers = []
-
-    async def handler(reader, writer):
-        writers.append(writer)
+    async def handler(reader, writer, script):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
         await writer.drain()
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # never reads the upload
 
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    try:
-        proxy = await proxy_to(aiohttp_server, server.sockets[0].getsockname()[1])
+    async def endless():
+        for _ in range(64):  # 64 MiB the upstream never reads
+            yield b"u" * (1024 * 1024)
 
-        async def endless():
-            for _ in range(64):  # 64 MiB the upstream never reads
-                yield b"u" * (1024 * 1024)
-
+    async with scripted(handler) as (port, _):
+        proxy = await proxy_to(aiohttp_server, port)
         try:
             async with client.post(url(proxy, "/upload"), data=endless(), headers={"Host": HOST}) as resp:
                 assert resp.status == 413
                 assert await resp.read() == b"too big!"
         except aiohttp.ClientOSError:
             pass  # the proxy may close the connection while the client is still sending; both are correct
-    finally:
-        for writer in writers:
-            writer.transport.abort()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_stalled_upload_is_408_and_not_an_upstream_error(aiohttp_server):
     metrics = Metrics()
     upstream = await aiohttp_server(create_upstream())
     proxy = await aiohttp_server(create_app(settings_for(upstream.port), metrics))  # read_s 0.5
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    writer.write(f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n12345".encode())
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(200), 10)
-    writer.close()
+    answer = await raw_exchange(proxy, STALLED_UPLOAD, read_size=200)  # the connection may stay open
     assert answer.startswith(b"HTTP/1.1 408"), answer
     value = metrics.registry.get_sample_value
     assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "read_timeout"}) is None
 
 
 async def test_an_upload_stalling_after_the_answer_began_is_not_an_upstream_failure(aiohttp_server):
-    writers = []
-
-    async def upstream_handler(reader, writer):  # answers at once, then waits for the rest of the upload
-        writers.append(writer)
+    async def handler(reader, writer, script):  # answers at once, then waits for the rest of the upload
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
         await writer.drain()
         await asyncio.sleep(30)
 
-    server = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
+    metrics = Metrics()
+    async with scripted(handler) as (port, _):
+        proxy = await aiohttp_server(create_app(settings_for(port), metrics))
+        answer = await raw_exchange(proxy, STALLED_UPLOAD)  # the proxy aborts after read_s (0.5 s)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
+    value = metrics.registry.get_sample_value
+    assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "aborted_mid_body"}) is None
+
+
+# Five of the ten body bytes it announces, then silence.
+STALLED_UPLOAD = f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n12345".encode()
+
+
+async def raw_exchange(server, request: bytes, read_size: int = -1) -> bytes:
+    """Send raw request bytes to `server`; read until it closes, or the first `read_size` bytes (within 10 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        metrics = Metrics()
-        proxy = await aiohttp_server(create_app(settings_for(server.sockets[0].getsockname()[1]), metrics))
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        writer.write(f"POST /x HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n12345".encode())
+        writer.write(request)
         await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 10)  # the proxy aborts after read_s (0.5 s)
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
-        value = metrics.registry.get_sample_value
-        assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "aborted_mid_body"}) is None
+        return await asyncio.wait_for(reader.read(read_size), 10)
     finally:
-        for w in writers:
-            w.transport.abort()
-        server.close()
-        await server.wait_closed()
+        writer.close()
 
 
 @pytest.mark.parametrize("raw", [

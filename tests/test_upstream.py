@@ -12,9 +12,7 @@ import datetime as dt
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
 from cryptography import x509
@@ -23,61 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from halo_proxy.upstream import HIGH_WATER, Origin, UpstreamError, UpstreamPool, parse_origin, request_head
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Script"], Awaitable[None]]
-
-
-@dataclass
-class Script:
-    """What a scripted server saw: one entry per connection, the raw requests read on it."""
-
-    connections: int = 0
-    client_closed: int = 0  # connections the client closed after its last exchange
-    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
-    closed_by_peer: list[bool] = field(default_factory=list)
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """One request: its head, and its body decoded from Content-Length or chunked framing."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip() for line in lines[1:] if ":" in line}
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return head, body
-            body += await reader.readexactly(size)
-            assert await reader.readexactly(2) == b"\r\n"
-    length = int(headers.get("content-length", "0"))
-    return head, await reader.readexactly(length)
-
-
-@asynccontextmanager
-async def scripted(handler: Handler, *, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[int, Script]]:
-    script = Script()
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        script.connections += 1
-        writers.append(writer)
-        try:
-            await handler(reader, writer, script)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            script.closed_by_peer.append(True)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
-    try:
-        yield server.sockets[0].getsockname()[1], script
-    finally:
-        for writer in writers:
-            writer.transport.abort()
-        server.close()
-        await server.wait_closed()
+from tests.upstream import Handler, Script, read_request, scripted
 
 
 def serve_each(*answers: bytes) -> Handler:
