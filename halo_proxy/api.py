@@ -7,11 +7,15 @@ so senders retry and nothing is lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
+import brotli
 import orjson
 from aiohttp import web
 
@@ -40,8 +44,11 @@ class ApiError(Exception):
         payload: dict[str, Any] = {"error": self.code, "detail": self.detail}
         if self.field:
             payload["field"] = self.field
-        return web.Response(status=self.status, body=orjson.dumps(payload), content_type="application/json",
-                            headers=self.headers)
+        response = web.Response(status=self.status, body=orjson.dumps(payload), content_type="application/json",
+                                headers=self.headers)
+        if self.status in (408, 413):  # the rest of the body is not read: the connection cannot be reused
+            response.force_close()
+        return response
 
 
 async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Callable[[str], None],
@@ -68,19 +75,91 @@ def media_type(request: web.Request) -> str:
     return request.content_type.lower() if request.content_type else ""
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refused with 413 past `limit` bytes (before reading when Content-Length says so)."""
+async def read_body(request: web.Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, decoded from its Content-Encoding (gzip, deflate, br), refused with 413 past `limit` bytes
+    sent or decoded (before reading when Content-Length says so), 408 when no byte arrives for `timeout_s`,
+    400 when the visitor breaks it off or its framing or coding is broken.
+
+    The proxy never decodes a body: aiohttp's own decoding is off (see app.py), so this is the only place."""
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
+    decoder = body_decoder(request.headers.getall("Content-Encoding", ()), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    content = request.content
+    try:
+        while True:
+            async with asyncio.timeout(timeout_s):
+                chunk = await content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
+            chunks.append(chunk)
+    except TimeoutError as err:
+        raise ApiError(408, "body_timeout", f"No body bytes arrived for {timeout_s:g} s.") from err
+    except (ConnectionError, web.RequestPayloadError, aiohttp.ClientPayloadError) as err:
+        raise ApiError(400, "body_incomplete", "The body was broken off or its framing is invalid.") from err
+    body = b"".join(chunks)
+    return body if decoder is None else decoder(body)
+
+
+def body_decoder(codings: list[str] | tuple[str, ...], limit: int):  # type: ignore[no-untyped-def]
+    """A function decoding a body of these Content-Encodings (applied in order, RFC 9110 8.4), its output
+    capped at `limit` bytes (a 1 KB gzip bomb is not inflated to a gigabyte); None for identity."""
+    names = [c.strip().lower() for value in codings for c in value.split(",") if c.strip()]
+    names = [n for n in names if n != "identity"]
+    if not names:
+        return None
+    for name in names:
+        if name not in _DECODERS:
+            raise ApiError(415, "unsupported_content_encoding",
+                           "Send the body uncompressed, or as gzip, deflate or br.")
+    if len(names) > 2:
+        raise ApiError(415, "unsupported_content_encoding", "At most two content codings are accepted.")
+
+    def decode(body: bytes) -> bytes:
+        for name in reversed(names):
+            body = _DECODERS[name](body, limit)
+        return body
+
+    return decode
+
+
+def _zlib(wbits: int):  # type: ignore[no-untyped-def]
+    def decode(body: bytes, limit: int) -> bytes:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+            if len(out) > limit:
+                raise ApiError(413, "body_too_large", f"The decoded body is larger than {limit} bytes.")
+            if not inflater.eof or inflater.unused_data:
+                raise ApiError(400, "invalid_encoding", "The compressed body is truncated or has trailing bytes.")
+        except zlib.error as err:
+            if wbits == 15:  # "deflate" sent as a raw deflate stream, as some clients do
+                return _zlib(-15)(body, limit)
+            raise ApiError(400, "invalid_encoding", "The compressed body could not be decoded.") from err
+        return out
+
+    return decode
+
+
+def _brotli(body: bytes, limit: int) -> bytes:
+    decompressor = brotli.Decompressor()
+    try:
+        out = decompressor.process(body, output_buffer_limit=limit + 1)
+    except brotli.error as err:
+        raise ApiError(400, "invalid_encoding", "The compressed body could not be decoded.") from err
+    if len(out) > limit:
+        raise ApiError(413, "body_too_large", f"The decoded body is larger than {limit} bytes.")
+    if not decompressor.is_finished():
+        raise ApiError(400, "invalid_encoding", "The compressed body is truncated.")
+    return out
+
+
+_DECODERS = {"gzip": _zlib(31), "x-gzip": _zlib(31), "deflate": _zlib(15), "br": _brotli}
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

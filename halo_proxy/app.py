@@ -22,12 +22,12 @@ from aiohttp import web
 
 from . import config as config_mod
 from .api import call as call_route
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, Tenant
 from .conversions import Conversions
 from .crypto import KeyRing
 from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import UNKNOWN_TENANT, Metrics
-from .proxy import Proxy, error_page
+from .proxy import Client, Proxy, Refusal, check_request, error_page, request_host
 from .storage import migrations
 from .storage.db import create_pool, ping
 from .storage.errors import StorageError
@@ -87,22 +87,17 @@ def json_error(status: int, code: str, detail: str, field_name: str | None = Non
 # Client IP and X-Forwarded-For.
 
 
-def client_address(request: web.Request, trusted: tuple) -> tuple[str | None, str | None, bool]:
-    """(client IP, X-Forwarded-For to send upstream, whether the visitor came over HTTPS).
-
-    X-Forwarded-For and X-Forwarded-Proto are believed only from a trusted proxy; the peer is then appended to
-    the chain. From anyone else they are replaced: the peer is the client.
-    """
+def client_address(request: web.Request, trusted: tuple) -> Client:
+    """Who sent the request. X-Forwarded-For and X-Forwarded-Proto are believed only from a trusted proxy; the
+    peer is then appended to the chain. From anyone else they are replaced: the peer is the client."""
     peer = request.remote
-    if not trusted:  # the common case: no parsing, the socket's address is already canonical
-        return peer, peer, request.secure
-    if not _is_trusted(peer, trusted):
-        return peer, peer, request.secure
+    if not trusted or not _is_trusted(peer, trusted):  # the common case: the socket's address is canonical
+        return Client(peer, peer, request.secure, False)
     headers = request.headers
     xff = ", ".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
     proto = headers.get("X-Forwarded-Proto")
     https = proto.split(",")[0].strip().lower() == "https" if proto else request.secure
-    return client_ip(peer, xff, trusted), (f"{xff}, {peer}" if xff else peer), https
+    return Client(client_ip(peer, xff, trusted), (f"{xff}, {peer}" if xff else peer), https, True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -115,27 +110,37 @@ def _is_trusted(peer: str | None, trusted: tuple) -> bool:
 # Handlers.
 
 
+REFUSAL_TITLES = {501: "Not Implemented", 505: "HTTP Version Not Supported"}
+
+
 async def handle_proxied(request: web.Request) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
     settings = app[CONFIG].current
     started = time.perf_counter()
-    tenant = settings.tenant_for_host(request.host)
+    checked = check_request(request, settings.server.reserved_prefix)
+    if type(checked) is Refusal:
+        metrics.bad_requests.labels(reason=checked.reason).inc()
+        metrics.count_request(UNKNOWN_TENANT, checked.status, time.perf_counter() - started)
+        refused = error_page(checked.status, REFUSAL_TITLES.get(checked.status, "Bad Request"), checked.detail)
+        refused.force_close()  # what follows on the connection cannot be trusted to be a request
+        return refused
+    tenant = settings.tenant_for_name(checked.name)  # type: ignore[union-attr]
     if tenant is None:
         metrics.count_request(UNKNOWN_TENANT, 421, time.perf_counter() - started)
         return error_page(421, "Misdirected Request", "This host is not served here.")
     metrics.in_flight.inc()
     try:
-        ip, forwarded_for, https = client_address(request, settings.server.trusted_proxies)
+        client = client_address(request, settings.server.trusted_proxies)
         tracker = app.get(TRACKER)
         cookies: list[str] | tuple[()] = ()
         if tracker is not None:
             try:
-                cookies = tracker.observe(request, tenant, ip, https)
+                cookies = tracker.observe(request, tenant, client.ip, client.https)
             except Exception:  # tracking must never break the client's site: the page is served untracked
                 metrics.tracking_errors.inc()
                 log.exception("tracking failed for a request of tenant %s; serving it untracked", tenant.id)
-        response = await app[PROXY].forward(request, tenant, ip, forwarded_for,
+        response = await app[PROXY].forward(request, tenant, client,
                                             [("Set-Cookie", value) for value in cookies])
     finally:
         metrics.in_flight.dec()
@@ -157,9 +162,22 @@ async def handle_readyz(request: web.Request) -> web.Response:
                       headers={"Retry-After": "5"})
 
 
-async def handle_reserved_unknown(request: web.Request) -> web.Response:
-    if request.app[CONFIG].current.tenant_for_host(request.host) is None:
+def route_tenant(request: web.Request, settings: Settings) -> Tenant | web.Response:
+    """The tenant of a request to HaloTrack's own routes, or its JSON refusal: 400 for a malformed Host,
+    421 for a host no tenant serves."""
+    host = request_host(request)
+    if host is None:
+        return json_error(400, "bad_host", "The Host header is missing, repeated or not a host name.")
+    tenant = settings.tenant_for_name(host.name)
+    if tenant is None:
         return json_error(421, "misdirected", "This host is not served here.")
+    return tenant
+
+
+async def handle_reserved_unknown(request: web.Request) -> web.Response:
+    found = route_tenant(request, request.app[CONFIG].current)
+    if isinstance(found, web.Response):
+        return found
     return json_error(404, "not_found", f"No route {request.method} {request.path}.")
 
 
@@ -169,13 +187,13 @@ def api_route(name: str):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.StreamResponse:
         app = request.app
         settings = app[CONFIG].current
-        tenant = settings.tenant_for_host(request.host)
-        if tenant is None:
-            return json_error(421, "misdirected", "This host is not served here.")
+        tenant = route_tenant(request, settings)
+        if isinstance(tenant, web.Response):
+            return tenant
         routes = app.get(ROUTES)
         if routes is None:
             return json_error(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
-        ip, _, _ = client_address(request, settings.server.trusted_proxies)
+        ip = client_address(request, settings.server.trusted_proxies).ip
         method = getattr(routes, name)
         rejected = app[METRICS].rejected
 
@@ -202,7 +220,7 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     pool = UpstreamPool(keepalive_s=30.0)
     app[CLIENT] = session
-    app[PROXY] = Proxy(pool, session, app[METRICS])
+    app[PROXY] = Proxy(pool, session, app[METRICS], app[CONFIG].current.server.client.body_timeout_s)
     yield
     await pool.close()
     await session.close()
@@ -310,7 +328,19 @@ def create_app(
     clock: Clock = utc_now,
 ) -> web.Application:
     """Build the app. Without `keys` and a database (`dsn` or `pool`) it is a plain proxy with no tracking."""
-    app = web.Application(handler_args={"max_field_size": 16 * 1024}, client_max_size=1024**2)
+    client = settings.server.client
+    # aiohttp server defaults the proxy must not inherit (each tested in tests/test_boundary.py):
+    # - auto_decompress: a gzip request body would reach the origin decoded under its original Content-Length
+    #   and Content-Encoding (a smuggled second request). Bodies stay as sent; HaloTrack's own routes decode
+    #   theirs, capped (routes read_body);
+    # - keepalive_timeout 3630 s: an idle visitor connection is closed after idle_timeout_s instead;
+    # - lingering_time 10 s: an unread body (a 404 route, a refused request) is drained for body_timeout_s at
+    #   most, then the connection is closed;
+    # - max_field_size 8190: one header may be 16 KiB (large cookies), as nginx allows with large buffers.
+    # The head deadline and the connection cap are edge/connections.py's, on the listener.
+    handler_args = {"max_field_size": 16 * 1024, "auto_decompress": False,
+                    "keepalive_timeout": client.idle_timeout_s, "lingering_time": min(client.body_timeout_s, 10.0)}
+    app = web.Application(handler_args=handler_args, client_max_size=1024**2)
     app[CONFIG] = ConfigHolder(settings)
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[CLOCK] = clock

@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from .edge.boundary import parse_host
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 TENANT_ID_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -167,9 +169,20 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Visitor connections to the proxy. Read when the listener starts: a change takes effect at restart."""
+
+    header_timeout_s: float = 20.0  # a request head not complete by then: the connection is closed
+    idle_timeout_s: float = 60.0  # a keep-alive connection idle this long is closed
+    body_timeout_s: float = 30.0  # no progress on a request body for this long: 408 and close
+    max_connections: int = 10000  # per process; past it a new connection gets 503 and is closed
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     reserved_prefix: str = "/_halo"
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    client: ClientSettings = field(default_factory=ClientSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
 
@@ -184,17 +197,13 @@ class Settings:
     _wildcards: tuple[tuple[str, Tenant], ...] = field(repr=False, compare=False, default=())
 
     def tenant_for_host(self, host: str | None) -> Tenant | None:
-        """The tenant serving a Host header value (port ignored, case-insensitive), or None."""
-        if not host:
-            return None
-        name = host.lower()
-        if name.startswith("["):  # IPv6 literal, never a tenant host
-            return None
-        colon = name.rfind(":")
-        if colon != -1:
-            name = name[:colon]
-        if name.endswith("."):
-            name = name[:-1]
+        """The tenant serving a Host header value (port ignored, case-insensitive), or None, also for a value
+        that is not a valid Host (`a.test:1@evil.com`)."""
+        parsed = parse_host(host)
+        return None if parsed is None else self.tenant_for_name(parsed.name)
+
+    def tenant_for_name(self, name: str) -> Tenant | None:
+        """The tenant serving a host name already parsed by `edge.boundary.parse_host` (lowercase, no port)."""
         tenant = self._exact.get(name)
         if tenant is not None:
             return tenant
@@ -353,7 +362,8 @@ def _timezone(value: str) -> str | None:
 # Sections.
 
 _TOP_KEYS = {"server", "tenants"}
-_SERVER_KEYS = {"reserved_prefix", "trusted_proxies", "outbox"}
+_SERVER_KEYS = {"reserved_prefix", "trusted_proxies", "client", "outbox"}
+_CLIENT_KEYS = {"header_timeout_s", "idle_timeout_s", "body_timeout_s", "max_connections"}
 _OUTBOX_KEYS = {"batch", "lease_s", "poll_s", "send_timeout_s", "backoff_base_s", "backoff_cap_s", "max_attempts"}
 _TENANT_KEYS = {
     "id", "hosts", "upstream", "currency", "default_phone_region", "cookie", "consent", "webhook_secret",
@@ -393,7 +403,19 @@ def _server(r: _Reader, raw: Any) -> ServerSettings:
         )
         if outbox.lease_s <= outbox.send_timeout_s:
             r.error("server.outbox.lease_s", "must be longer than send_timeout_s, or a slow send is sent twice")
-    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), outbox=outbox)
+    client = ClientSettings()
+    cdata = r.section("server.client", data.get("client"), _CLIENT_KEYS)
+    if cdata:
+        w = "server.client"
+        d = ClientSettings()
+        client = ClientSettings(
+            header_timeout_s=r.get(w, cdata, "header_timeout_s", float, d.header_timeout_s, check=_positive),
+            idle_timeout_s=r.get(w, cdata, "idle_timeout_s", float, d.idle_timeout_s, check=_positive),
+            body_timeout_s=r.get(w, cdata, "body_timeout_s", float, d.body_timeout_s, check=_positive),
+            max_connections=r.get(w, cdata, "max_connections", int, d.max_connections,
+                                  check=lambda v: None if 1 <= v <= 1_000_000 else "must be between 1 and 1000000"),
+        )
+    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), client=client, outbox=outbox)
 
 
 def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:

@@ -32,6 +32,18 @@ class Metrics:
             "halo_upstream_errors_total", "Upstream failures by kind.", ["tenant", "kind"], registry=r)
         self.config_reloads = Counter(
             "halo_config_reloads_total", "Tenant file reloads by outcome.", ["outcome"], registry=r)
+        # Visitor connections and requests refused at the trust boundary.
+        self.connections_open = Gauge(
+            "halo_connections_open", "Visitor connections open now.", registry=r, multiprocess_mode="livesum")
+        self.connections_refused = Counter(
+            "halo_connections_refused_total", "Visitor connections refused over server.client.max_connections.",
+            registry=r)
+        self.connection_timeouts = Counter(
+            "halo_connection_timeouts_total", "Visitor connections closed by a deadline, by kind (header, idle, body).",
+            ["kind"], registry=r)
+        self.bad_requests = Counter(
+            "halo_bad_requests_total", "Requests refused before any tenant saw them, by reason.",
+            ["reason"], registry=r)
         # Tracking (page views).
         self.visits = Counter(
             "halo_visits_total", "Tracked page views by tenant, consent state and GA4 channel.",

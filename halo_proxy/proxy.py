@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Iterable
 from html import escape
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -19,6 +21,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Tenant
+from .edge.boundary import Host, parse_host, reaches_prefix, underscore_alias
+from .edge.boundary import content_length as boundary_content_length
 from .metrics import Metrics
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, parse_origin
 
@@ -33,13 +37,75 @@ HOP_BY_HOP = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade",
     )
 )
-# Headers of the client request we replace with our own values.
-REPLACED_REQUEST = frozenset(("host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length"))
+# Headers of the client request we replace with our own values, or pass only from a trusted proxy.
+REPLACED_REQUEST = frozenset(("host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length",
+                              "x-real-ip", "forwarded"))
 # Never copied from the client request as is: hop-by-hop, replaced, and Via (extended below).
 _NOT_COPIED = HOP_BY_HOP | REPLACED_REQUEST | {"via"}
 VIA_TOKEN = "halotrack"
 BODYLESS_STATUS = frozenset((204, 304))
 CHUNK = 64 * 1024
+
+
+class Client(NamedTuple):
+    """Who sent a request, as far as HaloTrack can believe it."""
+
+    ip: str | None  # the visitor's address: the peer, or the last untrusted hop of a trusted proxy's chain
+    forwarded_for: str | None  # the X-Forwarded-For to send upstream
+    https: bool  # the visitor's own scheme (a trusted TLS proxy's X-Forwarded-Proto)
+    trusted: bool  # the peer is one of `server.trusted_proxies`
+
+
+class Refusal(NamedTuple):
+    """A request refused at the trust boundary, before any tenant or upstream sees it."""
+
+    status: int
+    reason: str  # a label of halo_bad_requests_total
+    detail: str
+
+
+BAD_HOST = Refusal(400, "host", "The Host header is missing, repeated or not a host name.")
+BAD_TARGET = Refusal(400, "target", "The request target must be a path.")
+RESERVED_PATH = Refusal(400, "reserved_path", "This path is reserved.")
+BAD_LENGTH = Refusal(400, "content_length", "The Content-Length header is not valid.")
+BAD_CODING = Refusal(501, "transfer_encoding", "Only the chunked transfer coding is supported.")
+BAD_VERSION = Refusal(505, "version", "Only HTTP/1.0 and HTTP/1.1 are served on this connection.")
+_VERSIONS = ((1, 1), (1, 0))
+
+
+def request_host(request: web.Request) -> Host | None:
+    """The request's one Host header, parsed strictly; None when it is missing, repeated or malformed."""
+    values = request.headers.getall("Host", ())
+    return parse_host(values[0]) if len(values) == 1 else None
+
+
+def check_request(request: web.Request, reserved_prefix: str) -> Host | Refusal:
+    """The request's Host, or why the request may not be forwarded: an HTTP version other than 1.0 and 1.1, a
+    Transfer-Encoding other than plain `chunked`, a bad Host, a target that is not a path
+    (absolute-form `GET http://evil/`), a path that an origin could read as one under the reserved prefix,
+    or a Content-Length that is not a plain number matching the body aiohttp framed."""
+    if request.version not in _VERSIONS:  # `GET / HTTP/2.0` over HTTP/1 would be answered as 1.1 upstream
+        return BAD_VERSION
+    host = request_host(request)
+    if host is None:
+        return BAD_HOST
+    target = request.raw_path
+    if target[:1] != "/" and not (target == "*" and request.method == "OPTIONS"):
+        return BAD_TARGET
+    query = target.find("?")
+    if reaches_prefix(target if query == -1 else target[:query], reserved_prefix):
+        return RESERVED_PATH
+    headers = request.headers
+    if "Transfer-Encoding" in headers:  # aiohttp has decoded the chunked framing; any other coding would be lost
+        codings = headers.getall("Transfer-Encoding")
+        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+            return BAD_CODING
+    elif "Content-Length" in headers:
+        values = headers.getall("Content-Length")
+        length = boundary_content_length(values[0]) if len(values) == 1 else None
+        if length is None or (length > 0) != request.body_exists:
+            return BAD_LENGTH
+    return host
 
 
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -52,26 +118,33 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return tokens
 
 
-def upstream_request_headers(request: web.Request, tenant: Tenant, client_ip: str | None,
-                             forwarded_for: str | None) -> list[tuple[str, str]]:
-    """The headers sent upstream: client headers minus hop-by-hop ones, with forwarding headers set."""
+def upstream_request_headers(request: web.Request, tenant: Tenant, client: Client,
+                             content_length: int | None) -> list[tuple[str, str]]:
+    """The headers sent upstream: client headers minus hop-by-hop ones and underscore spellings of the guarded
+    ones (`X_Forwarded_For`), with the forwarding headers set. `Forwarded` passes only from a trusted proxy;
+    `X-Real-IP` is always HaloTrack's own."""
     incoming = request.headers
     if "Connection" in incoming:
         drop = _NOT_COPIED | connection_tokens(incoming)
     else:
         drop = _NOT_COPIED
-    out = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
+    out = [(name, value) for name, value in incoming.items()
+           if (lname := name.lower()) not in drop and not ("_" in lname and underscore_alias(lname))]
     host = request.host
     out.append(("Host", host if tenant.upstream_host == "original" else _upstream_host(tenant.upstream)))
     if "Transfer-Encoding" in incoming:
         out.append(("Transfer-Encoding", "chunked"))  # the body is sent upstream with chunked framing
-    elif "Content-Length" in incoming:
-        out.append(("Content-Length", incoming["Content-Length"]))
+    elif content_length is not None:
+        out.append(("Content-Length", str(content_length)))  # normalised: `0005` leaves as `5`
+    if client.trusted and "Forwarded" in incoming:
+        out += (("Forwarded", value) for value in incoming.getall("Forwarded"))
     via = incoming.get("Via")
+    ip = client.ip or "unknown"
     out += (
-        ("X-Forwarded-For", forwarded_for if forwarded_for else (client_ip or "unknown")),
-        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-For", client.forwarded_for or ip),
+        ("X-Forwarded-Proto", "https" if client.https else "http"),
         ("X-Forwarded-Host", host),
+        ("X-Real-IP", ip),
         ("Via", f"{via}, 1.1 {VIA_TOKEN}" if via else f"1.1 {VIA_TOKEN}"),
     )
     return out
@@ -84,7 +157,8 @@ def _upstream_host(upstream: str) -> str:
     return up.raw_host if up.is_default_port() else f"{up.raw_host}:{up.port}"
 
 
-def response_headers(raw: list[tuple[str, str]], tenant: Tenant, request: web.Request) -> CIMultiDict[str]:
+def response_headers(raw: list[tuple[str, str]], tenant: Tenant, request: web.Request,
+                     https: bool) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones; each Set-Cookie kept as its own line."""
     drop = HOP_BY_HOP
     rewrite = False
@@ -97,28 +171,56 @@ def response_headers(raw: list[tuple[str, str]], tenant: Tenant, request: web.Re
     if not rewrite:
         return CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
     out: CIMultiDict[str] = CIMultiDict()
+    public = f"{'https' if https else 'http'}://{request.host}"
     for name, value in raw:
         lname = name.lower()
         if lname in drop:
             continue
         if lname == "location" or lname == "content-location":
-            value = rewrite_location(value, tenant, request)
+            value = rewrite_location(value, tenant, public)
         out.add(name, value)
     return out
 
 
-def rewrite_location(value: str, tenant: Tenant, request: web.Request) -> str:
-    """An absolute redirect to the upstream origin becomes one to the public origin; others are untouched."""
+def rewrite_location(value: str, tenant: Tenant, public_origin: str) -> str:
+    """An absolute redirect to the upstream origin becomes one to the public origin (the visitor's scheme and
+    the Host they asked for, already checked); others are untouched."""
     origin = tenant.upstream_origin
     if value.startswith(origin) and (len(value) == len(origin) or value[len(origin)] in "/?#"):
-        return f"{request.scheme}://{request.host}{value[len(origin):]}"
+        return public_origin + value[len(origin):]
     return value
 
 
 class ProxiedResponse(web.StreamResponse):
-    """A streamed response whose headers leave with the first body bytes instead of in a write of their own."""
+    """A streamed response whose headers leave with the first body bytes instead of in a write of their own.
+
+    Upstream header bytes leave exactly as they came. They are decoded as UTF-8 when they are UTF-8, which
+    aiohttp's serializer writes back unchanged; `raw_latin1` marks an answer whose bytes are not UTF-8 (a
+    latin-1 `filename="café.pdf"`): those were decoded as latin-1 and are encoded back the same way here.
+    """
 
     _send_headers_immediately = False
+    raw_latin1 = False
+
+    async def _write_headers(self) -> None:
+        if not self.raw_latin1:
+            await super()._write_headers()
+            return
+        request, writer = self._req, self._payload_writer
+        assert request is not None and writer is not None
+        version = request.version
+        lines = [f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}"]
+        lines += (f"{name}: {value}" for name, value in self.headers.items())
+        text = "\r\n".join(lines)
+        if _FORBIDDEN_HEADER_CHARS.search(text.replace("\r\n", "")):
+            raise ValueError("a control character in the upstream's response headers")
+        # aiohttp's StreamWriter keeps the serialized head here until the first body write (pinned 3.14.5;
+        # tests/test_proxy.py checks latin-1 bytes arrive unchanged).
+        writer._headers_buf = (text + "\r\n\r\n").encode("latin-1")  # type: ignore[attr-defined]
+        writer._headers_written = False  # type: ignore[attr-defined]
+
+
+_FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def error_page(status: int, title: str, detail: str) -> web.Response:
@@ -144,24 +246,27 @@ FAILURES = {
 class Proxy:
     """Forwards requests of a tenant to its upstream: pages through `pool`, WebSockets through `session`."""
 
-    def __init__(self, pool: UpstreamPool, session: aiohttp.ClientSession, metrics: Metrics):
+    def __init__(self, pool: UpstreamPool, session: aiohttp.ClientSession, metrics: Metrics,
+                 body_timeout_s: float = 30.0):
         self.pool = pool
         self.session = session
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
 
     async def forward(
         self,
         request: web.Request,
         tenant: Tenant,
-        client_ip: str | None,
-        forwarded_for: str | None,
+        client: Client,
         extra_headers: Iterable[tuple[str, str]] = (),
     ) -> web.StreamResponse:
+        """Forward a request that `check_request` accepted."""
         incoming = request.headers
         if "Via" in incoming and VIA_TOKEN in incoming["Via"]:
             self.metrics.upstream_errors.labels(tenant=tenant.id, kind="loop").inc()
             return error_page(508, "Loop Detected", "This request has already passed through this proxy.")
-        headers = upstream_request_headers(request, tenant, client_ip, forwarded_for)
+        length = request.content_length if "Content-Length" in incoming else None
+        headers = upstream_request_headers(request, tenant, client, length)
         if "Upgrade" in incoming and incoming["Upgrade"].lower() == "websocket":
             url = URL(tenant.upstream_origin + request.raw_path, encoded=True)
             return await self._websocket(request, tenant, url, CIMultiDict(headers))
@@ -176,27 +281,32 @@ class Proxy:
         try:
             upstream = await self.pool.request(
                 parse_origin(tenant.upstream_origin), request.method, request.raw_path, headers, body,
-                chunked=chunked, connect_timeout=timeouts.connect_s, read_timeout=timeouts.read_s)
+                chunked=chunked, connect_timeout=timeouts.connect_s, read_timeout=timeouts.read_s,
+                body_timeout=self.body_timeout_s)
         except UpstreamError as err:
             if err.kind == "client_body":
                 return error_page(400, "Bad Request", "The request body could not be read.")
             if err.kind == "client_timeout":
-                return error_page(408, "Request Timeout", "The request body did not arrive in time.")
+                self.metrics.connection_timeouts.labels(kind="body").inc()
+                response = error_page(408, "Request Timeout", "The request body did not arrive in time.")
+                response.force_close()
+                return response
             status, title, detail = FAILURES.get(err.kind, FAILURES["refused"])
             self.metrics.upstream_errors.labels(tenant=tenant.id, kind=err.kind).inc()
             return error_page(status, title, detail)
         self.metrics.upstream_time(tenant.id, time.perf_counter() - started)
         try:
-            return await self._respond(request, tenant, upstream, extra_headers)
+            return await self._respond(request, tenant, client, upstream, extra_headers)
         finally:
             upstream.release()
 
-    async def _respond(self, request: web.Request, tenant: Tenant, upstream: UpstreamResponse,
+    async def _respond(self, request: web.Request, tenant: Tenant, client: Client, upstream: UpstreamResponse,
                        extra_headers: Iterable[tuple[str, str]]) -> web.StreamResponse:
-        out_headers = response_headers(upstream.headers, tenant, request)
+        out_headers = response_headers(upstream.headers, tenant, request, client.https)
         for name, value in extra_headers:
             out_headers.add(name, value)
         response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+        response.raw_latin1 = upstream.latin1
         try:
             writer = await response.prepare(request)
             if request.method == "HEAD" or upstream.status in BODYLESS_STATUS:

@@ -121,9 +121,12 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     from aiohttp import web
 
     from .app import METRICS, create_metrics_app, reload_config
+    from .edge.connections import ListenerRunner, self_check
 
+    self_check()
     metrics = app[METRICS]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
+    runner = ListenerRunner(app, client=settings.server.client, metrics=metrics, access_log=None,
+                            handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
     runners = [runner]
     try:

@@ -17,7 +17,8 @@ protocols, with httptools (llhttp, the parser Node.js uses) reading the response
 - a request without a body that meets a pooled connection the upstream had just closed is sent once more on
   a new connection (RFC 9110 9.2.2 allows it for idempotent methods; nothing reached the upstream);
 - failures are `UpstreamError`s with a `kind`: connect_timeout, read_timeout, refused, tls, reset, malformed, and
-  client_body / client_timeout when the visitor's own request body was broken or stalled for `read_s`.
+  client_body / client_timeout when the visitor's own request body was broken or stalled (for `body_timeout`,
+  by default `read_timeout`).
 
 WebSocket upgrades do not come here: the proxy hands them to aiohttp's client.
 """
@@ -84,8 +85,8 @@ def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> by
 class UpstreamResponse:
     """Status, reason and headers of the upstream's answer, and its body as it arrives."""
 
-    __slots__ = ("status", "reason", "headers", "keep_alive", "_conn", "_chunks", "_size", "_eof", "_error",
-                 "_waiter")
+    __slots__ = ("status", "reason", "headers", "keep_alive", "latin1", "_conn", "_chunks", "_size", "_eof",
+                 "_error", "_waiter")
 
     def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]],
                  keep_alive: bool):
@@ -93,6 +94,7 @@ class UpstreamResponse:
         self.reason = reason
         self.headers = headers
         self.keep_alive = keep_alive
+        self.latin1 = False  # header text decoded as latin-1 because its bytes are not UTF-8
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
@@ -184,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self.sender: asyncio.Task[bool] | None = None
         self.error: UpstreamError | None = None
         self.read_timeout = 30.0
+        self.body_timeout = 30.0
         self.last_progress = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
@@ -268,13 +271,23 @@ class _Connection(asyncio.Protocol):
             self.raw_headers = []
             self.reason = b""
             return
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers]
+        # UTF-8 when the bytes are UTF-8 (aiohttp writes such text back byte for byte); else latin-1, which maps
+        # every byte to one character, and the proxy encodes the head back the same way.
+        latin1 = False
+        try:
+            headers = [(name.decode("ascii"), value.decode("utf-8")) for name, value in self.raw_headers]
+            reason = self.reason.decode("utf-8")
+        except UnicodeDecodeError:
+            latin1 = True
+            headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers]
+            reason = self.reason.decode("latin-1")
         if self.head_only:
             keep_alive = _keeps_alive(parser.get_http_version(), headers)
         else:
             keep_alive = parser.should_keep_alive()
             self.until_close = status not in (204, 304) and not _framed(headers)
-        response = UpstreamResponse(self, status, self.reason.decode("latin-1"), headers, keep_alive)
+        response = UpstreamResponse(self, status, reason, headers, keep_alive)
+        response.latin1 = latin1
         self.response = response
         if self.head_only:
             self._complete()  # a HEAD answer has no body whatever its headers say
@@ -295,7 +308,8 @@ class _Connection(asyncio.Protocol):
 
     # The exchange.
 
-    def begin(self, head: bytes, head_only: bool, read_timeout: float) -> asyncio.Future[UpstreamResponse]:
+    def begin(self, head: bytes, head_only: bool, read_timeout: float,
+              body_timeout: float | None = None) -> asyncio.Future[UpstreamResponse]:
         self.parser = httptools.HttpResponseParser(self)
         self.head_only = head_only
         self.response = None
@@ -305,9 +319,10 @@ class _Connection(asyncio.Protocol):
         self.error = None
         self.sender = None
         self.read_timeout = read_timeout
+        self.body_timeout = read_timeout if body_timeout is None else body_timeout
         self.headers_waiter = waiter = self.loop.create_future()
         self.last_progress = now = self.loop.time()
-        self.timer = self.loop.call_at(now + read_timeout, self._on_timer)
+        self.timer = self.loop.call_at(now + min(read_timeout, self.body_timeout), self._on_timer)
         assert self.transport is not None
         self.transport.write(head)
         return waiter
@@ -379,12 +394,15 @@ class _Connection(asyncio.Protocol):
         now = self.loop.time()
         if self.reading_paused:  # the visitor is reading slowly; the upstream is not silent
             self.last_progress = now
-        deadline = self.last_progress + self.read_timeout
+        visitor = self.waiting_for_visitor  # the upstream waits for us: the visitor's upload is what is slow
+        deadline = self.last_progress + (self.body_timeout if visitor else self.read_timeout)
         if now < deadline:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+            # Checked again within the shorter of the two limits, since who is waiting for whom can change.
+            self.timer = self.loop.call_at(min(deadline, now + min(self.read_timeout, self.body_timeout)),
+                                           self._on_timer)
             return
-        if self.waiting_for_visitor:  # the upstream waits for us: it is the visitor's upload that stalled
-            self._fail(UpstreamError("client_timeout", f"no request body bytes for {self.read_timeout:g} s"))
+        if visitor:
+            self._fail(UpstreamError("client_timeout", f"no request body bytes for {self.body_timeout:g} s"))
         else:
             self._fail(UpstreamError("read_timeout", f"no progress for {self.read_timeout:g} s"))
         self._close()
@@ -447,6 +465,7 @@ class UpstreamPool:
         chunked: bool = False,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        body_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send one request and return once the response headers are in. `chunked` frames `body` as chunked.
 
@@ -460,7 +479,7 @@ class UpstreamPool:
             conn = None if retried else self._take_idle(origin)  # a retry never meets a second stale one
             if conn is None:
                 conn = await self._connect(origin, connect_timeout)
-            waiter = conn.begin(head, head_only, read_timeout)
+            waiter = conn.begin(head, head_only, read_timeout, body_timeout)
             if body is not None:
                 conn.sender = self.loop.create_task(_send_body(conn, body, chunked))
             try:

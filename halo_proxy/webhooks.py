@@ -12,7 +12,7 @@ import time
 import uuid
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from .api import ApiError, json_ok, media_type, parse_json_object, read_body, re
 from .config import Settings, Tenant
 from .conversions import Conversions
 from .crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
+from .edge.boundary import local_path, parse_url
 from .ratelimit import TokenBucket, retry_after_header
 from .tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
 from .tracking.conversion import InputError, form_redirect, parse_lead, parse_order
@@ -53,21 +54,17 @@ class RateLimits:
 # Helpers.
 
 
-def _host_of(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    return parts.netloc or None
+def _url_host(url: str | None) -> str | None:
+    """The host name of an absolute http(s) URL, parsed strictly (`edge.boundary.parse_url`), or None."""
+    parsed = parse_url(url)
+    return parsed.host.name if parsed is not None else None
 
 
 def same_origin(request: web.Request, settings: Settings, tenant: Tenant) -> bool:
     """The form was posted from a page of this tenant: its Origin (else Referer) host is a tenant host."""
     origin = request.headers.get("Origin")
-    host = _host_of(origin) if origin and origin != "null" else _host_of(request.headers.get("Referer"))
-    return host is not None and settings.tenant_for_host(host) is tenant
+    host = _url_host(origin) if origin and origin != "null" else _url_host(request.headers.get("Referer"))
+    return host is not None and settings.tenant_for_name(host) is tenant
 
 
 def allowed_origin(request: web.Request, settings: Settings, tenant: Tenant) -> bool:
@@ -78,20 +75,21 @@ def allowed_origin(request: web.Request, settings: Settings, tenant: Tenant) -> 
         return True
     if origin.rstrip("/").lower() in tenant.external_origins:
         return True
-    host = _host_of(origin)
-    return host is not None and settings.tenant_for_host(host) is tenant
+    host = _url_host(origin)
+    return host is not None and settings.tenant_for_name(host) is tenant
 
 
 def redirect_target(request: web.Request, settings: Settings, tenant: Tenant, wanted: str | None) -> str:
-    """Where a form post goes next: `_redirect` on a tenant host (or a local path), else the Referer, else `/`."""
+    """Where a form post goes next: `_redirect` on a tenant host (or a local path), else the Referer, else `/`.
+    Both URL forms go through the one strict parser, so `http://shop:1@evil.com/` or `/\\evil.com` never
+    leave the tenant's hosts."""
     for candidate in (wanted, request.headers.get("Referer")):
         if not candidate:
             continue
-        if candidate.startswith("/") and not candidate.startswith("//"):
+        if local_path(candidate):
             return candidate
-        host = _host_of(candidate)
-        if host is not None and settings.tenant_for_host(host) is tenant and \
-                urlsplit(candidate).scheme in ("http", "https"):
+        host = _url_host(candidate)
+        if host is not None and settings.tenant_for_name(host) is tenant:
             return candidate
     return "/"
 
@@ -108,6 +106,18 @@ def parse_form(body: bytes, content_type_header: str) -> dict[str, str]:
         for name, value in pairs:
             fields.setdefault(name, value)
         return fields
+    try:
+        return _multipart_fields(body, content_type_header)
+    except ApiError:
+        raise
+    except (LookupError, ValueError, TypeError, AttributeError, IndexError, UnicodeError) as err:
+        # The standard library's MIME parser raises these on hostile parameters (a charset "utf-8\x00", a
+        # boundary it cannot quote, a header it cannot fold): the form is unreadable, not a server failure.
+        raise ApiError(400, "invalid_form", "The multipart form body could not be read.") from err
+
+
+def _multipart_fields(body: bytes, content_type_header: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type_header.encode("latin-1", "replace") + b"\r\n\r\n" + body)
     if not message.is_multipart():
@@ -119,9 +129,11 @@ def parse_form(body: bytes, content_type_header: str) -> dict[str, str]:
         if not name or part.get_filename():
             continue
         payload = part.get_payload(decode=True) or b""
+        if not isinstance(payload, bytes):
+            raise ApiError(400, "invalid_form", f"The form field {name} is not text.", field=str(name))
         try:
             fields.setdefault(str(name), payload.decode(part.get_content_charset() or "utf-8"))
-        except (UnicodeDecodeError, LookupError) as err:
+        except (UnicodeDecodeError, LookupError, ValueError) as err:
             raise ApiError(400, "invalid_form", f"The form field {name} is not text.", field=str(name)) from err
     return fields
 
@@ -177,7 +189,7 @@ class Routes:
         self.limits.check(tenant, client_ip)
         if media_type(request) not in IDENTIFY_TYPES:
             raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
-        data = parse_json_object(await read_body(request, tenant.max_body_bytes))
+        data = parse_json_object(await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s))
         unknown = set(data) - {"email", "phone", "session_id"}
         if unknown:
             name = sorted(unknown)[0]
@@ -211,7 +223,7 @@ class Routes:
         if kind in FORM_TYPES:
             return await self._form_lead(request, tenant, settings, client_ip)
         require_json(request)
-        body = await read_body(request, tenant.max_body_bytes)
+        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         _verify("webhook", tenant.webhook_secret, request, body, self.now().timestamp())
         data = parse_json_object(body)
         try:
@@ -227,7 +239,7 @@ class Routes:
         if not same_origin(request, settings, tenant):
             raise ApiError(403, "forbidden_origin", "Forms may be posted only from the site's own pages.")
         self.limits.check(tenant, client_ip)
-        body = await read_body(request, tenant.max_body_bytes)
+        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         fields = parse_form(body, request.headers.get("Content-Type", ""))
         cookie_session = self.cookie_session(request, tenant)
         try:
@@ -243,7 +255,7 @@ class Routes:
     async def order(self, request: web.Request, tenant: Tenant, settings: Settings,
                     client_ip: str | None) -> web.StreamResponse:
         require_json(request)
-        body = await read_body(request, tenant.max_body_bytes)
+        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("webhook", tenant.webhook_secret, request, body, now.timestamp())
         data = parse_json_object(body)
@@ -259,7 +271,7 @@ class Routes:
         if not tenant.shopify_secret:
             raise ApiError(404, "not_found", "Shopify webhooks are not enabled for this tenant.")
         require_json(request)
-        body = await read_body(request, tenant.max_body_bytes)
+        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("shopify", tenant.shopify_secret, request, body, now.timestamp())
         result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
@@ -272,7 +284,7 @@ class Routes:
         if not tenant.stripe_secret:
             raise ApiError(404, "not_found", "Stripe webhooks are not enabled for this tenant.")
         require_json(request)
-        body = await read_body(request, tenant.max_body_bytes)
+        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("stripe", tenant.stripe_secret, request, body, now.timestamp())
         result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,

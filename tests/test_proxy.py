@@ -121,7 +121,7 @@ async def test_an_upstream_answering_before_the_whole_upload_is_answered(aiohttp
 async def test_a_stalled_upload_is_408_and_not_an_upstream_error(aiohttp_server):
     metrics = Metrics()
     upstream = await aiohttp_server(create_upstream())
-    proxy = await aiohttp_server(create_app(settings_for(upstream.port), metrics))  # read_s 0.5
+    proxy = await aiohttp_server(create_app(settings_for(upstream.port, server=BODY_TIMEOUT), metrics))
     answer = await raw_exchange(proxy, STALLED_UPLOAD, read_size=200)  # the connection may stay open
     assert answer.startswith(b"HTTP/1.1 408"), answer
     value = metrics.registry.get_sample_value
@@ -137,13 +137,14 @@ async def test_an_upload_stalling_after_the_answer_began_is_not_an_upstream_fail
 
     metrics = Metrics()
     async with scripted(handler) as (port, _):
-        proxy = await aiohttp_server(create_app(settings_for(port), metrics))
-        answer = await raw_exchange(proxy, STALLED_UPLOAD)  # the proxy aborts after read_s (0.5 s)
+        proxy = await aiohttp_server(create_app(settings_for(port, server=BODY_TIMEOUT), metrics))
+        answer = await raw_exchange(proxy, STALLED_UPLOAD)  # the proxy aborts after body_timeout_s (0.5 s)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
     value = metrics.registry.get_sample_value
     assert value("halo_upstream_errors_total", {"tenant": "shop", "kind": "aborted_mid_body"}) is None
 
 
+BODY_TIMEOUT = "  client: {body_timeout_s: 0.5}"
 # Five of the ten body bytes it announces, then silence.
 STALLED_UPLOAD = f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n12345".encode()
 

@@ -29,7 +29,8 @@ class Seen:
 
 
 def create_upstream() -> web.Application:
-    app = web.Application(client_max_size=1024**2)
+    # Bodies are echoed as they arrive, not decoded: what the proxy forwards is what is measured.
+    app = web.Application(client_max_size=1024**2, handler_args={"auto_decompress": False})
     app[SEEN] = []
     app[CONNECTIONS] = set()
 

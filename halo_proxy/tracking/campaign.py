@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from halo_proxy.tracking.models import CLICK_ID_PARAMS, UTM_PARAMS
-from halo_proxy.tracking.text import clean, has_control
+from halo_proxy.tracking.text import clean, has_control, redact
 
 UTM_MAX_LENGTH = 200
 # Real click ids are well under this; a longer value is refused rather than cut, because a truncated id matches
@@ -73,7 +73,8 @@ def parse_campaign(query: Mapping[str, str]) -> Campaign:
             found[name] = value
     if not found:
         return NO_CAMPAIGN
-    utm = [clean(found.get(name), UTM_MAX_LENGTH) for name in UTM_PARAMS]
+    # An email in a UTM value (a newsletter tool that puts the address in utm_content) is not kept.
+    utm = [_utm(found.get(name)) for name in UTM_PARAMS]
     click_ids = tuple(
         (name, value) for name in CLICK_ID_PARAMS
         if name in found and (value := _click_id(found[name])) is not None
@@ -81,3 +82,8 @@ def parse_campaign(query: Mapping[str, str]) -> Campaign:
     if click_ids or any(utm):
         return Campaign(*utm, click_ids=click_ids)
     return NO_CAMPAIGN
+
+
+def _utm(value: str | None) -> str | None:
+    text = clean(value, UTM_MAX_LENGTH)
+    return redact(text, phones=False) if text is not None and "@" in text else text

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from halo_proxy.tracking.sources import classify_host
-from halo_proxy.tracking.text import has_control
+from halo_proxy.tracking.text import has_control, redact
 
 REFERRER_URL_MAX_LENGTH = 1024
 REFERRER_DOMAIN_MAX_LENGTH = 253
@@ -72,8 +72,10 @@ def _host_of(referer: str) -> tuple[str, str] | None:
     host = host.rstrip(".")
     if not host or not _HOST.fullmatch(host):
         return None
-    # Browsers never send the fragment; a Referer that carries one is trimmed to what a browser would send.
-    url = referer.split("#", 1)[0]
+    # Kept: scheme, host and path, which attribution needs. Not kept: the query and fragment (search terms,
+    # emails and tokens in other sites' URLs), userinfo and port; personal data in the path is redacted.
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{shown}{redact(unquote(parts.path))}"
     return host, url
 
 

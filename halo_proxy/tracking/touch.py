@@ -21,7 +21,7 @@ from halo_proxy.tracking.campaign import Campaign
 from halo_proxy.tracking.channel import DIRECT_MEDIUM, DIRECT_SOURCE, default_channel, derive_source_medium
 from halo_proxy.tracking.models import Touch
 from halo_proxy.tracking.referrer import Referrer
-from halo_proxy.tracking.text import clean
+from halo_proxy.tracking.text import clean, redact
 
 LANDING_PATH_MAX_LENGTH = 1024
 
@@ -53,7 +53,7 @@ def touch_for_visit(
         channel=default_channel(source, medium, campaign.campaign),
         referrer_domain=referrer.domain if referrer is not None else None,
         referrer_url=referrer.url if referrer is not None else None,
-        landing_path=clean(landing_path, LANDING_PATH_MAX_LENGTH) or "/",
+        landing_path=redact(clean(landing_path, LANDING_PATH_MAX_LENGTH) or "/"),
         click_ids=campaign.click_ids,
     )
 
