@@ -424,3 +424,123 @@ async def test_raw_tables_hold_no_plain_email_phone_or_ip(site, http, clock, cle
     text = "\n".join(dump)
     for plain in ("secret.person", "777888999", "777 888 999", "127.0.0.1", "Secret Person"):
         assert plain not in text, plain
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The routes' trust boundary: compressed bodies, open redirects, hostile multipart, broken-off bodies.
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+async def test_a_compressed_signed_lead_is_decoded_and_stored(site, http, clock, clean, coding):
+    import gzip as gzip_mod
+    import zlib
+
+    import brotli
+
+    body = json.dumps({"email": "z@example.cz", "event_id": f"zip-{coding}"}).encode()
+    packed = {"gzip": gzip_mod.compress, "deflate": zlib.compress, "br": brotli.compress}[coding](body)
+    stamp = int(clock.now.timestamp())
+    headers = {"Host": HOST, "Content-Type": "application/json", "Content-Encoding": coding,
+               "X-Halo-Signature": sign(body, stamp)}  # signed over the JSON, as the sender wrote it
+    async with http.post(url(site, "/_halo/webhook/lead"), data=packed, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+    assert await clean.fetchval("SELECT count(*) FROM conversions") == 1
+
+
+@pytest.mark.parametrize(("coding", "payload", "status", "code"), [
+    ("gzip", "bomb", 413, "body_too_large"),  # 2 MB of zeros in a few KB: the 8 KB cap holds after decoding
+    ("br", "bomb", 413, "body_too_large"),
+    ("gzip", "garbage", 400, "invalid_encoding"),
+    ("gzip", "truncated", 400, "invalid_encoding"),
+    ("compress", "garbage", 415, "unsupported_content_encoding"),
+])
+async def test_a_bad_compressed_body_is_a_clear_error(site, http, clock, clean, coding, payload, status, code):
+    import gzip as gzip_mod
+
+    import brotli
+
+    plain = json.dumps({"email": "z@example.cz", "pad": "0" * 2_000_000}).encode()
+    data = {"bomb": (brotli.compress if coding == "br" else gzip_mod.compress)(plain),
+            "garbage": b"\x1f\x8bnot really gzip", "truncated": gzip_mod.compress(b'{"email": "z@example.cz"}')[:20]}[
+        payload]
+    headers = {"Host": HOST, "Content-Type": "application/json", "Content-Encoding": coding,
+               "X-Halo-Signature": sign(plain, int(clock.now.timestamp()))}
+    async with http.post(url(site, "/_halo/webhook/lead"), data=data, headers=headers) as resp:
+        assert resp.status == status
+        assert (await resp.json())["error"] == code
+    assert await clean.fetchval("SELECT count(*) FROM conversions") == 0
+
+
+@pytest.mark.parametrize("target", [
+    f"http://{HOST}:1@evil.com/", f"http://{HOST}@evil.com/", "//evil.com/", "/\\evil.com", "http://evil.com/",
+    f"http://evil.com\\@{HOST}/", "javascript:alert(1)", "/\tevil",
+])
+async def test_a_form_redirect_never_leaves_the_tenant(site, http, clean, target):
+    headers = {"Host": HOST, "Origin": f"http://{HOST}"}
+    async with http.post(url(site, "/_halo/webhook/lead"), data={"email": "r@example.cz", "_redirect": target},
+                         headers=headers, allow_redirects=False) as r:
+        assert r.status == 303
+        assert r.headers["Location"] == "/"
+
+
+async def test_a_form_from_an_origin_with_userinfo_is_foreign(site, http, clean):
+    headers = {"Host": HOST, "Origin": f"http://{HOST}:1@evil.com"}
+    async with http.post(url(site, "/_halo/webhook/lead"), data={"email": "r@example.cz"}, headers=headers,
+                         allow_redirects=False) as r:
+        assert r.status == 403
+
+
+@pytest.mark.parametrize("part_type", [
+    'text/plain; charset="utf-8\x00"', "text/plain; charset=no-such-codec", "text/plain; charset=utf-16",
+])
+async def test_a_hostile_multipart_part_is_400_not_500(site, http, clean, part_type):
+    boundary = "XyZ"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"email\"\r\nContent-Type: {part_type}\r\n\r\n"
+            f"m@example.cz\r\n--{boundary}--\r\n").encode()
+    headers = {"Host": HOST, "Origin": f"http://{HOST}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    async with http.post(url(site, "/_halo/webhook/lead"), data=body, headers=headers, allow_redirects=False) as r:
+        assert r.status in (303, 400, 422), await r.text()  # never a 500
+        if r.status == 400:
+            assert (await r.json())["error"] == "invalid_form"
+
+
+async def test_a_webhook_body_broken_off_is_not_database_unavailable(upstream, clean, clock):
+    # On the production listener, whose handlers run to the end when the visitor goes away (aiohttp's test
+    # server cancels them instead, which would hide the defect).
+    from halo_proxy.edge.connections import ListenerRunner
+
+    metrics = Metrics()
+    the_settings = settings(upstream.port)
+    runner = ListenerRunner(create_app(the_settings, metrics, keys=KEYS, pool=clean, migrate=False, clock=clock),
+                            client=the_settings.server.client, metrics=metrics)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(f"POST /_halo/webhook/lead HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 500\r\n\r\n{\"email\":".encode())
+        await writer.drain()
+        writer.close()  # the visitor goes away mid-body
+        await writer.wait_closed()
+    finally:
+        await runner.cleanup()  # waits for the handler to finish its answer
+    rejected = metrics.registry.get_sample_value
+    labels = {"tenant": "shop", "reason": "body_incomplete"}
+    assert rejected("halo_rejected_requests_total", labels) == 1
+    assert rejected("halo_rejected_requests_total", {"tenant": "shop", "reason": "database_unavailable"}) is None
+
+
+async def test_a_stalled_webhook_body_is_408(aiohttp_server, upstream, clean, clock):
+    text = settings(upstream.port)
+    from dataclasses import replace
+
+    client = replace(text.server.client, body_timeout_s=0.3)
+    stalled = replace(text, server=replace(text.server, client=client))
+    server = await aiohttp_server(create_app(stalled, Metrics(), keys=KEYS, pool=clean, migrate=False, clock=clock))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"POST /_halo/webhook/lead HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 500\r\n\r\n{\"email\":".encode())
+    answer = await asyncio.wait_for(reader.read(-1), 5)  # 408, then the connection is closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"body_timeout" in answer
