@@ -274,9 +274,12 @@ class Routes:
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("shopify", tenant.shopify_secret, request, body, now.timestamp())
-        result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
-                                     default_region=tenant.default_phone_region,
-                                     default_currency=tenant.currency, now=now)
+        try:
+            result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
+                                         default_region=tenant.default_phone_region,
+                                         default_currency=tenant.currency, now=now)
+        except (InputError, IdentityError) as err:
+            raise _input_error(err) from err
         return await self._adapter_answer(tenant, result, now)
 
     async def stripe(self, request: web.Request, tenant: Tenant, settings: Settings,
@@ -287,8 +290,11 @@ class Routes:
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("stripe", tenant.stripe_secret, request, body, now.timestamp())
-        result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,
-                                    default_currency=tenant.currency, now=now)
+        try:
+            result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,
+                                        default_currency=tenant.currency, now=now)
+        except (InputError, IdentityError) as err:
+            raise _input_error(err) from err
         return await self._adapter_answer(tenant, result, now)
 
     async def _adapter_answer(self, tenant: Tenant, result: AdapterResult, now: datetime) -> web.Response:

@@ -544,3 +544,22 @@ async def test_a_stalled_webhook_body_is_408(aiohttp_server, upstream, clean, cl
     writer.close()
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"body_timeout" in answer
+
+
+async def test_an_invalid_signed_shopify_or_stripe_payload_is_422_not_500(site, http, clock, clean):
+    body = json.dumps({"id": 1, "total_price": "abc"}).encode()
+    digest = base64.b64encode(hmac.new(SHOPIFY.encode(), body, hashlib.sha256).digest()).decode()
+    async with http.post(url(site, "/_halo/webhook/shopify"), data=body, headers={
+            "Host": HOST, "Content-Type": "application/json", "X-Shopify-Hmac-Sha256": digest,
+            "X-Shopify-Topic": "orders/create"}) as r:
+        assert r.status == 422
+        assert (await r.json())["field"] == "total_price"
+    event = stripe_event(None)
+    event["data"]["object"]["amount_total"] = "lots"
+    body = json.dumps(event).encode()
+    now = int(clock.now.timestamp())
+    mac = hmac.new(STRIPE.encode(), f"{now}.".encode() + body, hashlib.sha256).hexdigest()
+    async with http.post(url(site, "/_halo/webhook/stripe"), data=body, headers={
+            "Host": HOST, "Content-Type": "application/json", "Stripe-Signature": f"t={now},v1={mac}"}) as r:
+        assert r.status == 422, await r.text()
+    assert await clean.fetchval("SELECT count(*) FROM conversions") == 0

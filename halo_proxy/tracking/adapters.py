@@ -195,7 +195,11 @@ def _iso_time(value: object, now: datetime) -> datetime | None:
 def _unix_time(value: object, now: datetime) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**40:
         return None
-    return _sane_time(datetime.fromtimestamp(value, UTC), now)
+    try:
+        at = datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # past the year 9999
+        return None
+    return _sane_time(at, now)
 
 
 def _full_name(first: str | None, last: str | None) -> str | None:
@@ -307,7 +311,11 @@ def parse_shopify_order(
     accepts_marketing = order.get("buyer_accepts_marketing")
     if not isinstance(accepts_marketing, bool):
         state = _obj(customer.get("email_marketing_consent")).get("state")
-        accepts_marketing = {"subscribed": True, "not_subscribed": False, "unsubscribed": False}.get(state)
+        accepts_marketing = (
+            {"subscribed": True, "not_subscribed": False, "unsubscribed": False}.get(state)
+            if isinstance(state, str)
+            else None
+        )
 
     attributes = _shopify_attributes(order)
     session_ref = _ident(attributes.get(SESSION_ATTRIBUTE), SESSION_MAX_CHARS)

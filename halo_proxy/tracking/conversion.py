@@ -261,6 +261,10 @@ def canonical_money(amount: Decimal, field: str = "value") -> str:
         raise _invalid(field, f"{field} must not exceed 1000000000000")
     if amount == 0:
         return "0"
+    # Its first digit beyond the places allowed: refused before `normalize`, which would round an amount
+    # this small (below 1e-1000198) to zero.
+    if amount.adjusted() < -MONEY_MAX_PLACES:
+        raise _invalid(field, f"{field} has more than {MONEY_MAX_PLACES} decimal places")
     normal = amount.normalize(_EXACT)
     exponent = normal.as_tuple().exponent
     assert isinstance(exponent, int)  # finite

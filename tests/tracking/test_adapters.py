@@ -337,6 +337,12 @@ def test_shopify_documented_example():
             id="consent-from-customer-email-marketing",
         ),
         pytest.param(
+            {"buyer_accepts_marketing": None, "customer.email_marketing_consent": {"state": ["subscribed"]}},
+            (),
+            {"consent_marketing": None},
+            id="consent-state-not-a-string",
+        ),
+        pytest.param(
             {"created_at": "2031-01-01T00:00:00Z"}, (), {"occurred_at": None}, id="future-time-dropped"
         ),
         pytest.param({"created_at": "soon"}, (), {"occurred_at": None}, id="bad-time-dropped"),
@@ -658,6 +664,11 @@ def test_stripe_variations(changes, expected):
         ),
         pytest.param(
             {"created": "1741769700"}, datetime(2025, 3, 12, 8, 50, tzinfo=UTC), id="string-time-dropped"
+        ),
+        pytest.param(
+            {"created": 253402300800},  # 10000-01-01T00:00:00Z, past what datetime can hold
+            datetime(2025, 3, 12, 8, 50, tzinfo=UTC),
+            id="time-past-year-9999-dropped",
         ),
     ],
 )

@@ -483,6 +483,7 @@ def test_money_valid(value, expected):
         pytest.param(0.30000000000000004, "decimal places", id="float-noise"),
         pytest.param("1e-9", "decimal places", id="tiny"),
         pytest.param("1.00000000000000000000000000001", "decimal places", id="beyond-default-precision"),
+        pytest.param("1e-2000000", "decimal places", id="tiny-beyond-exact-precision"),
         pytest.param([12], "must be a number", id="list"),
     ],
 )
