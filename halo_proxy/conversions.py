@@ -71,7 +71,7 @@ class Conversions:
             return None
 
     async def find_session(self, tenant: Tenant, session_id: uuid.UUID,
-                           conn: asyncpg.Connection | None = None) -> SessionRecord | None:
+                           conn: asyncpg.Pool | asyncpg.Connection | None = None) -> SessionRecord | None:
         db = conn if conn is not None else self.pool
         record = await session_store.get_session(db, tenant.id, session_id)
         if record is None:
@@ -105,8 +105,10 @@ class Conversions:
         """Match, attribute and store one conversion with its forwards; a repeated idempotency key returns the
         first answer. The insert is one atomic statement: the conversion and its outbox rows, or nothing."""
         converted_at = conversion.occurred_at or now
+        # Matched before a connection is held: finding a session still queued flushes the page-view writer,
+        # which needs a connection of its own (with the pool exhausted, holding one here would deadlock).
+        session, match_type = await self._match(self.pool, tenant, conversion, cookie_session, converted_at)
         async with self.pool.acquire() as conn:
-            session, match_type = await self._match(conn, tenant, conversion, cookie_session, converted_at)
             if session is not None:
                 touches = await session_store.list_touches(conn, tenant.id, session.id, until=converted_at)
                 attribution = attribute(touches, match_type=match_type, session_id=str(session.id),
@@ -125,7 +127,7 @@ class Conversions:
                 self.on_created()
         return Recorded(self._answer(record), created=created)
 
-    async def _match(self, conn: asyncpg.Connection, tenant: Tenant, conversion: ConversionInput,
+    async def _match(self, conn: asyncpg.Pool | asyncpg.Connection, tenant: Tenant, conversion: ConversionInput,
                      cookie_session: uuid.UUID | None, at: datetime) -> tuple[SessionRecord | None, str]:
         for candidate in (cookie_session, self.session_from_ref(tenant, conversion.session_ref)):
             if candidate is not None:

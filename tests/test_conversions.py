@@ -563,3 +563,35 @@ async def test_an_invalid_signed_shopify_or_stripe_payload_is_422_not_500(site, 
             "Host": HOST, "Content-Type": "application/json", "Stripe-Signature": f"t={now},v1={mac}"}) as r:
         assert r.status == 422, await r.text()
     assert await clean.fetchval("SELECT count(*) FROM conversions") == 0
+
+
+async def test_a_lead_for_a_session_still_queued_does_not_hang_a_one_connection_pool(database, clean):
+    """Matching flushes the page-view writer, which takes a connection of its own: the lead must not hold one
+    while it does (with every connection held, each lead waited for itself)."""
+    from uuid import uuid4
+
+    from halo_proxy.conversions import Conversions
+    from halo_proxy.storage.db import create_pool
+    from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.tracking.conversion import parse_lead
+    from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+    from halo_proxy.visits import VisitWriter
+
+    pool = await create_pool(database.dsn, min_size=1, max_size=1)
+    try:
+        metrics = Metrics()
+        writer = VisitWriter(pool, metrics)  # not started: the visit stays queued until someone flushes
+        session_id = uuid4()
+        writer.submit(SessionWrite(tenant_id="shop", session_id=session_id, is_new=True,
+                                   touch=Touch(at=DAY1, source="google", medium="cpc"),
+                                   device=Device("desktop", None, None), geo=Geo(),
+                                   consent=Consent(True, True, source="x"), at=DAY1))
+        tenant = settings(1).tenant("shop")
+        conversions = Conversions(pool, KEYS, writer, metrics)
+        lead = parse_lead({"email": "q@example.cz", "event_id": "queued-1"}, source="api",
+                          default_region="CZ", default_currency="CZK")
+        recorded = await asyncio.wait_for(
+            conversions.record(tenant, lead, session_id, DAY1 + timedelta(minutes=1)), 10)
+    finally:
+        await pool.close()
+    assert recorded.created and recorded.body["match_type"] == "session"
