@@ -1,4 +1,5 @@
-"""Process model: one worker in-process, or a supervisor with N workers sharing the port (SO_REUSEPORT).
+"""Process model: one worker in-process, or a supervisor with N workers sharing the port (SO_REUSEPORT among
+themselves only: a second proxy on the same port fails with a clear message).
 
 Signals: SIGHUP reloads the tenant file (a bad file keeps the old config); SIGTERM and SIGINT drain in-flight
 requests, then exit 0. With several workers the supervisor forwards signals, restarts a worker that dies,
@@ -13,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -90,7 +92,10 @@ def open_database():  # type: ignore[no-untyped-def]
 
 
 async def run_worker(config_path: str, host: str, port: int, metrics_port: int, *, serve_metrics: bool = True,
-                     ready: multiprocessing.synchronize.Event | None = None, generate_secret: bool = False) -> int:
+                     ready: multiprocessing.synchronize.Event | None = None, generate_secret: bool = False,
+                     sock: socket.socket | None = None) -> int:
+    """One proxy process. It binds `host:port` itself (no SO_REUSEPORT: a second proxy on the same port fails
+    with a clear message), or serves `sock`, the listening socket its supervisor bound for all its workers."""
 
     from .app import create_app
     from .config import ConfigError, load
@@ -110,14 +115,15 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
         return 2
     try:
         return await _serve_app(create_app(settings, Metrics(), keys=keys, dsn=dsn), settings, host, port,
-                                metrics_port, serve_metrics, ready)
+                                metrics_port, serve_metrics, ready, sock)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
 
 
 async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # type: ignore[no-untyped-def]
-                     serve_metrics: bool, ready: multiprocessing.synchronize.Event | None) -> int:
+                     serve_metrics: bool, ready: multiprocessing.synchronize.Event | None,
+                     sock: socket.socket | None = None) -> int:
     from aiohttp import web
 
     from .app import METRICS, create_metrics_app, reload_config
@@ -130,7 +136,8 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     await runner.setup()
     runners = [runner]
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)
+        site = (web.SockSite(runner, sock) if sock is not None
+                else web.TCPSite(runner, host, port, reuse_port=False, backlog=2048))
         await site.start()
         if serve_metrics and metrics_port:
             mrunner = web.AppRunner(create_metrics_app(metrics), access_log=None, handle_signals=False)
@@ -138,7 +145,8 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
             runners.append(mrunner)
             await web.TCPSite(mrunner, host, metrics_port, reuse_port=False).start()
     except OSError as err:
-        print(f"halo-proxy: cannot listen: {err}", file=sys.stderr)
+        print(f"halo-proxy: cannot listen on {host}:{port} or its metrics port {metrics_port}: {err.strerror or err}"
+              " (is another halo-proxy or server already using it?)", file=sys.stderr)
         for r in reversed(runners):
             await r.cleanup()
         return 1
@@ -193,12 +201,13 @@ def _exit_with_parent() -> None:
         pass
 
 
-def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing.synchronize.Event) -> None:
+def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing.synchronize.Event,
+                  sock: socket.socket) -> None:
     _exit_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop installs its own reload handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
-    code = run_loop(run_worker(config_path, host, port, 0, serve_metrics=False, ready=ready))
+    code = run_loop(run_worker(config_path, host, port, 0, serve_metrics=False, ready=ready, sock=sock))
     sys.exit(code)
 
 
@@ -222,13 +231,47 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
         return 2
     os.environ["HALO_DATABASE_URL"] = dsn
     try:
-        return _supervise(config_path, host, port, metrics_port, workers)
+        try:
+            socks = listening_sockets(host, port, workers)
+        except OSError as err:
+            print(f"halo-proxy: cannot listen on {host}:{port}: {err.strerror or err}"
+                  " (is another halo-proxy or server already using it?)", file=sys.stderr)
+            return 1
+        try:
+            return _supervise(config_path, host, port, metrics_port, workers, socks)
+        finally:
+            for sock in socks:
+                sock.close()
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _supervise(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` SO_REUSEPORT sockets on `host:port`, one per worker, so the kernel spreads connections among them.
+
+    The port is first bound once without SO_REUSEPORT: that fails when any other process listens there
+    (another halo-proxy included), so SO_REUSEPORT is shared only among this supervisor's workers. The sockets
+    are bound here, before any worker starts, and a restarted worker takes over its predecessor's socket,
+    whose queued connections wait for it instead of being refused.
+    """
+    probe = socket.create_server((host, port))
+    probe.close()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_server((host, port), backlog=2048, reuse_port=True)
+            sock.set_inheritable(True)
+            socks.append(sock)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _supervise(config_path: str, host: str, port: int, metrics_port: int, workers: int,
+               socks: list[socket.socket]) -> int:
     # Multiprocess metrics: every worker writes its samples under this directory. It must be set before
     # prometheus_client is first imported in this process and its children.
     metrics_dir = tempfile.mkdtemp(prefix="halo-metrics-")
@@ -241,9 +284,10 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
         signal.signal(sig, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    def start_one() -> multiprocessing.Process | None:
+    def start_one(slot: int) -> multiprocessing.Process | None:
         ready = ctx.Event()
-        proc = ctx.Process(target=_worker_entry, args=(config_path, host, port, ready), daemon=False)
+        proc = ctx.Process(target=_worker_entry, args=(config_path, host, port, ready, socks[slot]), daemon=False)
+        proc.slot = slot  # type: ignore[attr-defined]
         proc.start()
         deadline = time.monotonic() + 30
         while not ready.wait(0.1):
@@ -253,10 +297,10 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
         procs[proc.pid] = proc
         return proc
 
-    for _ in range(workers):
+    for slot in range(workers):
         if stopping.is_set():
             break
-        if start_one() is None:
+        if start_one(slot) is None:
             print("halo-proxy: a worker failed to start; stopping", file=sys.stderr)
             for proc in procs.values():
                 proc.terminate()
@@ -315,7 +359,7 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 log.error("worker %d exited with %s; starting a new one", pid, proc.exitcode)
                 del procs[pid]
                 prom_mp.mark_process_dead(pid)
-                await asyncio.to_thread(start_one)
+                await asyncio.to_thread(start_one, proc.slot)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)

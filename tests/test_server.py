@@ -271,3 +271,25 @@ def _running(pid: str) -> bool:
             return "zombie" not in status.read()
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_proxy_on_the_same_port_fails_clearly(tmp_path, upstream, db_env, workers):
+    config = tmp_path / "tenants.yaml"
+    write_config(config, upstream.port)
+    first = await ProxyProcess(config, workers=workers, env=db_env).start(HOST)
+    try:
+        env = {**os.environ, "HALO_SECRET_KEY": first.env["HALO_SECRET_KEY"], **db_env}
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "halo_proxy", "serve", "--config", str(config), "--port", str(first.port),
+             "--metrics-port", "0", "--workers", str(workers)],
+            capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert f"cannot listen on 127.0.0.1:{first.port}" in second.stderr
+        assert "already using it" in second.stderr
+        async with aiohttp.ClientSession() as session:  # the first one still serves
+            async with session.get(f"{first.base}/page", headers={"Host": HOST}) as resp:
+                assert resp.status == 200
+    finally:
+        assert await first.stop() == 0
