@@ -19,6 +19,7 @@ import brotli
 import orjson
 from aiohttp import web
 
+from . import forms
 from .storage.errors import StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,23 @@ async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Cal
         log.error("storage error on %s: %s", path, err)
         return ApiError(503, "storage_error", "The request could not be stored; retry later.",
                         headers={"Retry-After": RETRY_AFTER_DB_S}).response()
+    except web.HTTPException:
+        raise  # a redirect (303) and the like are answers, not failures
+    except Exception:  # a defect of HaloTrack's: still the contract's JSON shape, logged once with its cause
+        on_error("internal_error")
+        log.exception("unexpected error on %s", path)
+        return ApiError(500, "internal_error", "HaloTrack could not answer this request.").response()
 
 
 def media_type(request: web.Request) -> str:
-    return request.content_type.lower() if request.content_type else ""
+    """The request's media type, parsed by `forms.media_type` (bounded; not aiohttp's `content_type`, whose
+    standard-library parser recurses on a Content-Type of many parentheses)."""
+    return forms.media_type(request.headers.get("Content-Type"))
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float = 30.0) -> bytes:
     """The body, decoded from its Content-Encoding (gzip, deflate, br), refused with 413 past `limit` bytes
-    sent or decoded (before reading when Content-Length says so), 408 when no byte arrives for `timeout_s`,
+    sent or decoded (before reading when Content-Length says so), 408 when it has not all arrived in `timeout_s`,
     400 when the visitor breaks it off or its framing or coding is broken.
 
     The proxy never decodes a body: aiohttp's own decoding is off (see app.py), so this is the only place."""
@@ -89,17 +98,16 @@ async def read_body(request: web.Request, limit: int, timeout_s: float = 30.0) -
     size = 0
     content = request.content
     try:
-        while True:
-            async with asyncio.timeout(timeout_s):
-                chunk = await content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
-            chunks.append(chunk)
+        # The whole body within `timeout_s`, not only some progress: a route body is small (max_body_kb), so a
+        # visitor trickling a byte now and then cannot hold the connection for longer than that.
+        async with asyncio.timeout(timeout_s):
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
+                chunks.append(chunk)
     except TimeoutError as err:
-        raise ApiError(408, "body_timeout", f"No body bytes arrived for {timeout_s:g} s.") from err
+        raise ApiError(408, "body_timeout", f"The body did not arrive within {timeout_s:g} s.") from err
     except (ConnectionError, web.RequestPayloadError, aiohttp.ClientPayloadError) as err:
         raise ApiError(400, "body_incomplete", "The body was broken off or its framing is invalid.") from err
     body = b"".join(chunks)

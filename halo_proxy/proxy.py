@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Tenant
-from .edge.boundary import Host, parse_host, reaches_prefix, underscore_alias
+from .edge.boundary import TRUSTED_ONLY_HEADERS, Host, parse_host, reaches_prefix, underscore_alias
 from .edge.boundary import content_length as boundary_content_length
 from .metrics import Metrics
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, parse_origin
@@ -42,6 +42,8 @@ REPLACED_REQUEST = frozenset(("host", "x-forwarded-for", "x-forwarded-proto", "x
                               "x-real-ip", "forwarded"))
 # Never copied from the client request as is: hop-by-hop, replaced, and Via (extended below).
 _NOT_COPIED = HOP_BY_HOP | REPLACED_REQUEST | {"via"}
+# From a peer that is not a trusted proxy, also what origins read as the visitor's scheme, URL or address.
+_NOT_COPIED_UNTRUSTED = _NOT_COPIED | TRUSTED_ONLY_HEADERS
 VIA_TOKEN = "halotrack"
 BODYLESS_STATUS = frozenset((204, 304))
 CHUNK = 64 * 1024
@@ -124,10 +126,9 @@ def upstream_request_headers(request: web.Request, tenant: Tenant, client: Clien
     ones (`X_Forwarded_For`), with the forwarding headers set. `Forwarded` passes only from a trusted proxy;
     `X-Real-IP` is always HaloTrack's own."""
     incoming = request.headers
+    drop = _NOT_COPIED if client.trusted else _NOT_COPIED_UNTRUSTED
     if "Connection" in incoming:
-        drop = _NOT_COPIED | connection_tokens(incoming)
-    else:
-        drop = _NOT_COPIED
+        drop = drop | connection_tokens(incoming)
     out = [(name, value) for name, value in incoming.items()
            if (lname := name.lower()) not in drop and not ("_" in lname and underscore_alias(lname))]
     host = request.host
@@ -336,8 +337,8 @@ class Proxy:
                 log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
             if request.transport is not None:
                 request.transport.abort()
-        except ConnectionResetError:
-            pass  # the visitor went away: nothing more to do
+        except ConnectionError:
+            pass  # the visitor went away (aiohttp raises a plain ConnectionError too): nothing more to do
         return response
 
     async def _websocket(self, request: web.Request, tenant: Tenant, url: URL,
@@ -347,6 +348,9 @@ class Proxy:
                      "Sec-WebSocket-Protocol", "Content-Length"):
             headers.popall(name, None)
         ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        client = web.WebSocketResponse(autoping=False, max_msg_size=4 * 1024 * 1024)
+        if not client.can_prepare(request).ok:  # checked before the origin is asked for anything
+            return error_page(400, "Bad Request", "This is not a valid WebSocket handshake.")
         try:
             upstream = await self.session.ws_connect(
                 ws_url, headers=headers, protocols=protocols, timeout=aiohttp.ClientWSTimeout(ws_close=10),
@@ -361,7 +365,11 @@ class Proxy:
             return error_page(502, "Bad Gateway", "The site could not be reached.")
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (),
                                        autoping=False, max_msg_size=4 * 1024 * 1024)
-        await client.prepare(request)
+        try:
+            await client.prepare(request)
+        except (web.HTTPException, ConnectionError):
+            await upstream.close()  # never leave the origin's side open when the visitor's side failed
+            raise
 
         async def pump(src, dst) -> None:  # type: ignore[no-untyped-def]
             async for msg in src:

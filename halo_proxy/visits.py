@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -363,13 +364,13 @@ class VisitTracker:
             user_agent = valid_text(user_agent)
         if consent.marketing:
             fbp = cookies.get("_fbp")
-            if fbp and not fbp.isascii():
+            if fbp and not _FB_COOKIE.fullmatch(fbp):
                 fbp = None  # not a value Meta set or we set: replaced below
             if not fbp:
                 fbp = _new_fbp(now)
                 set_cookies.append(self._fbp_cookie(https, now, fbp))
             fbc = cookies.get("_fbc")
-            if fbc and not fbc.isascii():
+            if fbc and not _FB_COOKIE.fullmatch(fbc):
                 fbc = None
             fbclid = campaign.click_id_map.get("fbclid")
             if fbclid and (not fbc or fbc.rsplit(".", 1)[-1] != fbclid):
@@ -427,6 +428,10 @@ class VisitTracker:
 
     def _fbp_cookie(self, https: bool, now: datetime, value: str | None = None) -> str:
         return _cookie_header("_fbp", value or _new_fbp(now), FBP_MAX_AGE, https, http_only=False)
+
+
+# `fb.<subdomain index>.<creation ms>.<random or fbclid>`, as Meta's pixel writes _fbp and _fbc.
+_FB_COOKIE = re.compile(r"fb\.[0-9]{1,2}\.[0-9]{1,16}\.[A-Za-z0-9._~+/=-]{1,500}")
 
 
 def _new_fbp(now: datetime) -> str:

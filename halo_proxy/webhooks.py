@@ -6,16 +6,14 @@ conversion is committed before the 2xx answer. Browser-facing routes are rate li
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import time
 import uuid
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from . import forms
 from .api import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
 from .config import Settings, Tenant
 from .conversions import Conversions
@@ -29,7 +27,6 @@ from .visits import Clock
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 IDENTIFY_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon without a preflight
-MAX_FORM_FIELDS = 200
 
 
 class RateLimits:
@@ -95,47 +92,13 @@ def redirect_target(request: web.Request, settings: Settings, tenant: Tenant, wa
 
 
 def parse_form(body: bytes, content_type_header: str) -> dict[str, str]:
-    """First value of each field of an urlencoded or multipart form. Files are ignored."""
-    fields: dict[str, str] = {}
-    if content_type_header.lower().startswith("application/x-www-form-urlencoded"):
-        try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS,
-                              strict_parsing=False)
-        except (UnicodeDecodeError, ValueError) as err:
-            raise ApiError(400, "invalid_form", "The form body could not be read.") from err
-        for name, value in pairs:
-            fields.setdefault(name, value)
-        return fields
+    """First value of each field of an urlencoded or multipart form (`forms`). Files are ignored."""
     try:
-        return _multipart_fields(body, content_type_header)
-    except ApiError:
-        raise
-    except (LookupError, ValueError, TypeError, AttributeError, IndexError, UnicodeError) as err:
-        # The standard library's MIME parser raises these on hostile parameters (a charset "utf-8\x00", a
-        # boundary it cannot quote, a header it cannot fold): the form is unreadable, not a server failure.
-        raise ApiError(400, "invalid_form", "The multipart form body could not be read.") from err
-
-
-def _multipart_fields(body: bytes, content_type_header: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type_header.encode("latin-1", "replace") + b"\r\n\r\n" + body)
-    if not message.is_multipart():
-        raise ApiError(400, "invalid_form", "The multipart form body could not be read.")
-    for count, part in enumerate(message.iter_parts()):
-        if count >= MAX_FORM_FIELDS:
-            break
-        name = part.get_param("name", header="content-disposition")
-        if not name or part.get_filename():
-            continue
-        payload = part.get_payload(decode=True) or b""
-        if not isinstance(payload, bytes):
-            raise ApiError(400, "invalid_form", f"The form field {name} is not text.", field=str(name))
-        try:
-            fields.setdefault(str(name), payload.decode(part.get_content_charset() or "utf-8"))
-        except (UnicodeDecodeError, LookupError, ValueError) as err:
-            raise ApiError(400, "invalid_form", f"The form field {name} is not text.", field=str(name)) from err
-    return fields
+        if forms.media_type(content_type_header) == "application/x-www-form-urlencoded":
+            return forms.parse_urlencoded(body)
+        return forms.parse_multipart(body, content_type_header)
+    except forms.FormError as err:
+        raise ApiError(400, "invalid_form", err.detail, field=err.field) from err
 
 
 def _input_error(err: InputError | IdentityError) -> ApiError:

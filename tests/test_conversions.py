@@ -595,3 +595,12 @@ async def test_a_lead_for_a_session_still_queued_does_not_hang_a_one_connection_
     finally:
         await pool.close()
     assert recorded.created and recorded.body["match_type"] == "session"
+
+
+@pytest.mark.parametrize("route", ["/_halo/webhook/order", "/_halo/webhook/lead", "/_halo/identify",
+                                   "/_halo/webhook/shopify", "/_halo/webhook/stripe"])
+async def test_a_content_type_that_made_the_header_parser_recurse_is_not_a_500(site, http, route):
+    headers = {"Host": HOST, "Origin": f"http://{HOST}", "Content-Type": "application/json; " + "(" * 1000}
+    async with http.post(url(site, route), data=b"{}", headers=headers, allow_redirects=False) as r:
+        assert r.status < 500 and r.status != 200, r.status
+        assert (await r.json())["error"]

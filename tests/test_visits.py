@@ -400,3 +400,12 @@ async def test_a_refused_write_is_dropped_alone_and_the_writer_goes_on(clean):
     writer.submit(replace(good, session_id=uuid4()))
     assert await writer.flush() is True
     assert await store.count_sessions(clean, "shop") == 3
+
+
+async def test_a_click_id_cannot_add_attributes_to_a_cookie(site, browser, clean):
+    """`fbclid=abc; Domain=...` in a link would otherwise become `_fbc`'s Domain: a cookie on other hosts."""
+    async with browser.get(f"http://127.0.0.1:{site.port}/land?fbclid=abc%3B%20Domain%3Dlocalhost%3B%20Path%3D%2Fx"
+                           "&utm_source=fb", headers={**PAGE, "Cookie": "_fbc=evil; Domain=localhost"}) as resp:
+        assert resp.status == 200
+        lines = resp.headers.getall("Set-Cookie", [])
+    assert lines and not any("Domain" in line or "/x" in line or "evil" in line for line in lines), lines

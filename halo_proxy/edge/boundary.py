@@ -111,7 +111,13 @@ def normalise_path(path: str) -> str:
     path = path.replace("\\", "/")
     out: list[str] = []
     for segment in path.split("/"):
-        segment = segment.split(";", 1)[0].rstrip(". ") if segment not in (".", "..") else segment
+        segment = segment.split(";", 1)[0]
+        core = segment.rstrip(". ")
+        if core:
+            segment = core
+        else:  # only dots and spaces: `..;`, `.. `, `...` are `..` to Tomcat, Jetty or IIS
+            dots = segment.count(".")
+            segment = ".." if dots >= 2 else ("." if dots else "")
         if segment == "" or segment == ".":
             continue
         if segment == "..":
@@ -142,11 +148,19 @@ def reaches_prefix(raw_path: str, prefix: str) -> bool:
 
 # Headers whose meaning HaloTrack sets or strips on the way upstream. A name with `_` whose dashed form is one
 # of these is dropped: CGI/WSGI origins (and PHP, Rails behind them) read `X_Forwarded_For` as the real header.
+# What origins and frameworks read as the visitor's scheme, port, path prefix, URL or address (Rack reads
+# X-Forwarded-Ssl before X-Forwarded-Proto; IIS and Symfony route on X-Original-URL; CDNs' client-IP headers):
+# believed only from `trusted_proxies`, so dropped from anyone else.
+TRUSTED_ONLY_HEADERS = frozenset((
+    "x-forwarded-ssl", "x-forwarded-scheme", "front-end-https", "x-url-scheme", "x-forwarded-port",
+    "x-forwarded-prefix", "x-forwarded-server", "x-original-url", "x-rewrite-url", "true-client-ip",
+    "cf-connecting-ip", "x-client-ip", "x-cluster-client-ip", "fastly-client-ip", "x-original-forwarded-for",
+))
 GUARDED_REQUEST_HEADERS = frozenset((
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
     "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade", "via",
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip",
-))
+)) | TRUSTED_ONLY_HEADERS
 
 
 def underscore_alias(lname: str) -> bool:

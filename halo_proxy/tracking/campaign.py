@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from halo_proxy.tracking.models import CLICK_ID_PARAMS, UTM_PARAMS
-from halo_proxy.tracking.text import clean, has_control, redact
+from halo_proxy.tracking.text import clean, redact
 
 UTM_MAX_LENGTH = 200
 # Real click ids are well under this; a longer value is refused rather than cut, because a truncated id matches
@@ -53,11 +54,16 @@ def has_campaign_data(query: Mapping[str, str]) -> bool:
     return False
 
 
+# What ad platforms put in click ids (base64url, hex, dotted TikTok ids), and nothing that could end a cookie
+# value or add an attribute when a click id goes into `_fbc` (`abc; Domain=example.com`).
+_CLICK_ID_RE = re.compile(r"[A-Za-z0-9._~+/=-]+")
+
+
 def _click_id(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    if not value or len(value) > CLICK_ID_MAX_LENGTH or has_control(value):
+    if not value or len(value) > CLICK_ID_MAX_LENGTH or not _CLICK_ID_RE.fullmatch(value):
         return None
     return value
 

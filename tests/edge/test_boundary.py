@@ -90,7 +90,8 @@ def test_local_path(value, ok):
     "/_halo", "/_halo/", "/_halo/healthz", "/x/../_halo/healthz", "/%2e%2e/_halo/healthz", "//_halo/healthz",
     "/./_halo/healthz", "/_halo%2Fhealthz", "/_halo;x/healthz", "/_HALO/healthz", "/_halo\\healthz",
     "/%5Fhalo/healthz", "/_hal%6F/healthz", "/%255Fhalo/x", "/_halo./x", "/_halo%20/x", "/a/b/../../_halo",
-    "/..;/_halo/x", "/.%2e/_halo/x",
+    "/..;/_halo/x", "/.%2e/_halo/x", "/x/..;/_halo/healthz", "/x/..;jsessionid=1/_halo/webhook/lead",
+    "/x/y/..;/..;/_halo/identify", "/x/..%3B/_halo/healthz", "/x/..%20/_halo", "/x/..%2520/_halo", "/x/.../_halo",
 ])
 def test_paths_that_reach_the_prefix(path):
     assert reaches_prefix(path, "/_halo")

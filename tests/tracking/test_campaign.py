@@ -59,6 +59,11 @@ from halo_proxy.tracking.campaign import (
         pytest.param({"gclid": " abc "}, Campaign(click_ids=(("gclid", "abc"),)), id="click-id-trimmed"),
         pytest.param({"gclid": "g" * (CLICK_ID_MAX_LENGTH + 1)}, Campaign(), id="click-id-too-long-dropped"),
         pytest.param({"fbclid": "ab\ncd"}, Campaign(), id="click-id-with-control-dropped"),
+        pytest.param({"fbclid": "abc; Domain=example.com; Path=/admin"}, Campaign(),
+                     id="click-id-that-would-add-cookie-attributes-dropped"),
+        pytest.param({"fbclid": "€uro"}, Campaign(), id="click-id-not-ascii-dropped"),
+        pytest.param({"ttclid": "E.C.P.CscBn-_x/y+z="}, Campaign(click_ids=(("ttclid", "E.C.P.CscBn-_x/y+z="),)),
+                     id="dotted-base64-click-id-kept"),
         pytest.param({"fbclid": ""}, Campaign(), id="click-id-empty"),
     ],
 )
