@@ -216,12 +216,24 @@ class ProxiedResponse(web.StreamResponse):
         if _FORBIDDEN_HEADER_CHARS.search(text.replace("\r\n", "")):
             raise ValueError("a control character in the upstream's response headers")
         # aiohttp's StreamWriter keeps the serialized head here until the first body write (pinned 3.14.5;
-        # tests/test_proxy.py checks latin-1 bytes arrive unchanged).
-        writer._headers_buf = (text + "\r\n\r\n").encode("latin-1")  # type: ignore[attr-defined]
+        # tests/edge/test_proxy_boundary.py checks latin-1 bytes arrive unchanged).
+        # Upstream text maps back to its bytes through latin-1; a header of HaloTrack's own that is not latin-1
+        # (none should be) goes out as UTF-8 rather than failing the page.
+        head = b"\r\n".join(line.encode("latin-1") if _latin1(line) else line.encode("utf-8", "replace")
+                             for line in lines)
+        writer._headers_buf = head + b"\r\n\r\n"  # type: ignore[attr-defined]
         writer._headers_written = False  # type: ignore[attr-defined]
 
 
 _FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def error_page(status: int, title: str, detail: str) -> web.Response:
