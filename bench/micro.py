@@ -29,7 +29,7 @@ from scenarios import BROWSER_PAGE_HEADERS  # noqa: E402
 from halo_proxy.config import parse  # noqa: E402
 from halo_proxy.crypto import KeyRing, generate_master_secret  # noqa: E402
 from halo_proxy.metrics import Metrics  # noqa: E402
-from halo_proxy.proxy import upstream_request_headers  # noqa: E402
+from halo_proxy.proxy import Client, check_request, upstream_request_headers  # noqa: E402
 from halo_proxy.visits import VisitTracker, VisitWriter  # noqa: E402
 
 HOST = "bench.localhost"
@@ -89,8 +89,15 @@ def main() -> int:
     def observe(request) -> object:  # type: ignore[no-untyped-def]
         return tracker.observe(request, tenant, CLIENT_IP, False)
 
+    client = Client(CLIENT_IP, CLIENT_IP, False, False)
+    the_settings = settings()
+
     def headers_up(request) -> object:  # type: ignore[no-untyped-def]
-        return upstream_request_headers(request, tenant, CLIENT_IP, CLIENT_IP)
+        return upstream_request_headers(request, tenant, client, None)
+
+    def edge(request) -> object:  # type: ignore[no-untyped-def]
+        host = check_request(request, "/_halo")
+        return the_settings.tenant_for_name(host.name)  # type: ignore[union-attr]
 
     cases: dict[str, tuple[str, Callable[[], list], Callable[[object], object]]] = {
         "returning": ("observe: valid _halo cookie, no campaign data",
@@ -108,6 +115,8 @@ def main() -> int:
         "headers_up": ("upstream_request_headers: browser headers",
                        lambda: requests(lambda i: "/page", BROWSER_PAGE_HEADERS + (("Cookie", cookie),), n),
                        headers_up),
+        "edge_checks": ("check_request + tenant lookup: Host, target, reserved path, framing",
+                        lambda: requests(lambda i: "/page", BROWSER_PAGE_HEADERS + (("Cookie", cookie),), n), edge),
     }
     wanted = list(cases) if args.cases == "all" else args.cases.split(",")
     for name in wanted:

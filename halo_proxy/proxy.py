@@ -76,9 +76,9 @@ _VERSIONS = ((1, 1), (1, 0))
 
 
 def request_host(request: web.Request) -> Host | None:
-    """The request's one Host header, parsed strictly; None when it is missing, repeated or malformed."""
-    values = request.headers.getall("Host", ())
-    return parse_host(values[0]) if len(values) == 1 else None
+    """The request's Host header, parsed strictly; None when it is missing or malformed. (A repeated Host
+    never gets here: aiohttp's parser refuses it with 400, tests/edge/test_proxy_boundary.py checks.)"""
+    return parse_host(request.headers.get("Host"))
 
 
 def check_request(request: web.Request, reserved_prefix: str) -> Host | Refusal:

@@ -9,6 +9,7 @@ trailing dots, double percent-decoding) turn an odd path into a reserved one.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import NamedTuple
@@ -29,12 +30,18 @@ class Host(NamedTuple):
 
 def parse_host(value: str | None) -> Host | None:
     """A Host header (or URL authority) as RFC 9110 allows it, or None when it is anything else.
+    Cached: a proxy sees the same few Host values over and over.
 
     `shop.example`, `SHOP.example.:8080`, `[::1]:80`, `127.0.0.1` parse; `a.test:1@evil.com`, `a.test:abc`,
     `a.test:99999`, `a b`, an empty value and userinfo do not.
     """
     if not value:
         return None
+    return _parse_host(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_host(value: str) -> Host | None:
     match = _HOST_RE.fullmatch(value)
     if match is None:
         return None
@@ -92,7 +99,7 @@ def local_path(value: str | None) -> bool:
 
 _PCT_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 # Only paths holding one of these can normalise into something other than their lowercase form.
-_ODD = ("%", "\\", "./", "//", ";")
+_ODD = re.compile(r"[%\\;]|\./|//|\.$")
 
 
 def _percent_decode(text: str) -> str:
@@ -135,9 +142,8 @@ def reaches_prefix(raw_path: str, prefix: str) -> bool:
     The common path (no `%`, `\\`, `./`, `//` or `;`, not ending in `.`) costs a few substring checks.
     """
     n = len(prefix)
-    if not any(odd in raw_path for odd in _ODD) and not raw_path.endswith("."):
-        head = raw_path[:n].lower()
-        return head == prefix.lower() and (len(raw_path) == n or raw_path[n] == "/")
+    if _ODD.search(raw_path) is None:
+        return raw_path[:n].lower() == prefix.lower() and (len(raw_path) == n or raw_path[n] == "/")
     normal = normalise_path(raw_path)
     low = prefix.lower()
     return normal == low or normal.startswith(low + "/")
