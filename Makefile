@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+# `make run ARGS='--port 8180 --site-port 9101 --metrics-port 9202'` runs a second demo beside the first.
 run: $(STAMP)
-	$(BIN)/halo-proxy demo
+	$(BIN)/halo-proxy demo $(ARGS)
 
 test: $(STAMP) audit
 	$(BIN)/python -m pytest

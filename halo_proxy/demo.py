@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def create_demo_site() -> web.Application:
     return app
 
 
-def demo_config(site_port: int) -> str:
+def demo_config(site_port: int, webhook_secret: str) -> str:
     return f"""# Written by `halo-proxy demo`; edit config/tenants.yaml for real tenants.
 tenants:
   - id: demo
@@ -65,7 +67,28 @@ tenants:
     upstream: http://127.0.0.1:{site_port}
     currency: CZK
     default_phone_region: CZ
+    webhook_secret: {webhook_secret}
 """
+
+
+def demo_webhook_secret(data_dir: Path) -> str:
+    """The demo tenant's webhook secret: made once under HALO_DATA_DIR, so signed examples keep working."""
+    path = data_dir / "demo-webhook.secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(16) + "\n")
+    return path.read_text().strip()
+
+
+class Banner:
+    """Printed once the proxy listens (run_worker calls `set()` then), not before: the URLs work when read."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+
+    def set(self) -> None:
+        print("\n".join(self.lines), flush=True)
 
 
 def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
@@ -73,8 +96,16 @@ def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
 
     data_dir = Path(os.environ.get("HALO_DATA_DIR", ".halo"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    config_path = data_dir / "demo-tenants.yaml"
-    config_path.write_text(demo_config(site_port), encoding="utf-8")
+    # One file per proxy port: a second demo (on other ports) never rewrites the file a running one reloads.
+    config_path = data_dir / f"demo-tenants-{port}.yaml"
+    secret = demo_webhook_secret(data_dir)
+
+    try:  # a proxy port in use fails before the tenant file is written (it may be another demo's)
+        socket.create_server((host, port)).close()
+    except OSError as err:
+        print(f"halo-proxy demo: cannot listen on {host}:{port}: {err.strerror or err} (is another demo "
+              "running? `make run ARGS='--port 8180 --site-port 9101 --metrics-port 9202'`)", file=sys.stderr)
+        return 1
 
     async def main() -> int:
         site_runner = web.AppRunner(create_demo_site(), access_log=None, handle_signals=False)
@@ -82,18 +113,28 @@ def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
         try:
             await web.TCPSite(site_runner, "127.0.0.1", site_port).start()
         except OSError as err:
-            print(f"halo-proxy demo: cannot start the demo site on port {site_port}: {err}", file=sys.stderr)
+            print(f"halo-proxy demo: cannot start the demo site on port {site_port}: {err.strerror or err} "
+                  "(is another demo running? `make run ARGS='--port 8180 --site-port 9101 --metrics-port 9202'`)",
+                  file=sys.stderr)
             await site_runner.cleanup()
             return 1
-        print(f"Demo site (direct):     http://127.0.0.1:{site_port}/", flush=True)
-        print(f"Through HaloTrack:      http://localhost:{port}/", flush=True)
-        print(f"  from a Google ad:     http://localhost:{port}/?utm_source=google&utm_medium=cpc&gclid=demo", flush=True)
-        print(f"  health:               http://localhost:{port}/_halo/healthz", flush=True)
+        config_path.write_text(demo_config(site_port, secret), encoding="utf-8")
+        lines = [
+            f"Demo site (direct):     http://127.0.0.1:{site_port}/",
+            f"Through HaloTrack:      http://localhost:{port}/",
+            f"  from a Google ad:     http://localhost:{port}/?utm_source=google&utm_medium=cpc&gclid=demo",
+            f"  health:               http://localhost:{port}/_halo/healthz",
+        ]
         if metrics_port:
-            print(f"Metrics:                http://{host}:{metrics_port}/metrics", flush=True)
-        print("Press Ctrl+C to stop.", flush=True)
+            lines.append(f"Metrics:                http://{host}:{metrics_port}/metrics")
+        lines += [
+            f"Tenant file:            {config_path}",
+            f"Webhook secret:         {secret}   (tenant demo, Host: localhost; see README, Leads and orders)",
+            "Press Ctrl+C to stop.",
+        ]
         try:
-            return await run_worker(str(config_path), host, port, metrics_port, generate_secret=True)
+            return await run_worker(str(config_path), host, port, metrics_port, generate_secret=True,
+                                    ready=Banner(lines))  # type: ignore[arg-type]
         finally:
             await site_runner.cleanup()
 
