@@ -30,7 +30,7 @@ class Seen:
 
 def create_upstream() -> web.Application:
     # Bodies are echoed as they arrive, not decoded: what the proxy forwards is what is measured.
-    app = web.Application(client_max_size=1024**2, handler_args={"auto_decompress": False})
+    app = web.Application(client_max_size=1024**2, handler_args={"auto_decompress": False, "max_field_size": 32 * 1024})
     app[SEEN] = []
     app[CONNECTIONS] = set()
 

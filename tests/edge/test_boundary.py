@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from halo_proxy.edge.boundary import (
+    GUARDED_REQUEST_HEADERS,
     Host,
     content_length,
     local_path,
@@ -167,3 +168,19 @@ def test_normalise_path_never_raises(value):
     out = normalise_path("/" + value)
     assert out.startswith("/")
     assert "/../" not in out and "//" not in out
+
+
+@FUZZ
+@given(st.sampled_from(sorted(GUARDED_REQUEST_HEADERS)), st.lists(st.booleans(), min_size=30, max_size=30),
+       st.lists(st.booleans(), min_size=30, max_size=30))
+def test_any_mix_of_underscores_and_case_in_a_guarded_name_is_caught(name, underscores, upper):
+    spelled = "".join(("_" if underscores[i % 30] else c) if c == "-" else (c.upper() if upper[i % 30] else c)
+                      for i, c in enumerate(name))
+    lname = spelled.lower()
+    assert underscore_alias(lname) is ("_" in lname)
+
+
+@FUZZ
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=30))
+def test_a_name_is_dropped_only_when_it_spells_a_guarded_header(lname):
+    assert underscore_alias(lname) is ("_" in lname and lname.replace("_", "-") in GUARDED_REQUEST_HEADERS)

@@ -166,3 +166,27 @@ def test_self_check_reports_the_c_parser():
     facts = self_check()
     assert facts["c_parser"] is True and facts["c_writer"] is True
     assert facts["aiohttp"] == "3.14.5"
+
+
+async def test_an_unread_body_is_drained_briefly_then_the_connection_closes(upstream):
+    # lingering_time: a request HaloTrack answers without reading its body (a 404 under the prefix) keeps its
+    # connection only while the rest of the body flows, at most min(body_timeout_s, 10 s); here 0.3 s.
+    async with listening(upstream.port, "header_timeout_s: 30, idle_timeout_s: 30, body_timeout_s: 0.3") as (
+            port, metrics, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /_halo/nothing-here HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000000\r\n\r\nab"
+                     .encode())
+        answer = await read_until_closed(reader)  # the 404, then the close, though 999,998 bytes never came
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 404")
+
+
+async def test_a_large_cookie_header_is_forwarded_and_an_oversized_one_refused(upstream):
+    async with listening(upstream.port, "header_timeout_s: 30, idle_timeout_s: 30") as (port, metrics, _):
+        for size, status in ((12 * 1024, b"200"), (17 * 1024, b"400")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\nCookie: a={'x' * size}\r\n\r\n"
+                         .encode())
+            answer = await read_until_closed(reader)
+            writer.close()
+            assert answer.split(b"\r\n")[0].split(b" ")[1] == status, answer[:80]
