@@ -28,8 +28,9 @@ from scenarios import BROWSER_PAGE_HEADERS  # noqa: E402
 
 from halo_proxy.config import parse  # noqa: E402
 from halo_proxy.crypto import KeyRing, generate_master_secret  # noqa: E402
+from halo_proxy.edge.proxy import check_request, upstream_request_headers  # noqa: E402
+from halo_proxy.edge.tenancy import Client  # noqa: E402
 from halo_proxy.metrics import Metrics  # noqa: E402
-from halo_proxy.proxy import Client, check_request, upstream_request_headers  # noqa: E402
 from halo_proxy.visits import VisitTracker, VisitWriter  # noqa: E402
 
 HOST = "bench.localhost"

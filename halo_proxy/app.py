@@ -8,7 +8,6 @@ Request flow on a tenant host:
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import time
@@ -25,15 +24,15 @@ from .api import call as call_route
 from .config import ConfigError, Settings, Tenant
 from .conversions import Conversions
 from .crypto import KeyRing
+from .edge.proxy import Proxy, Refusal, check_request, error_page
+from .edge.tenancy import client_address, tenant_for
+from .edge.upstream import UpstreamPool
 from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import UNKNOWN_TENANT, Metrics
-from .proxy import Client, Proxy, Refusal, check_request, error_page, request_host
 from .storage import migrations
 from .storage.db import create_pool, ping
 from .storage.errors import StorageError
 from .tracking.agent import warm_agent_parser
-from .tracking.clientip import client_ip, parse_ip
-from .upstream import UpstreamPool
 from .visits import Clock, VisitTracker, VisitWriter, utc_now
 from .webhooks import RateLimits, Routes
 
@@ -81,29 +80,6 @@ def json_error(status: int, code: str, detail: str, field_name: str | None = Non
     if field_name:
         payload["field"] = field_name
     return json_response(status, payload, headers)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Client IP and X-Forwarded-For.
-
-
-def client_address(request: web.Request, trusted: tuple) -> Client:
-    """Who sent the request. X-Forwarded-For and X-Forwarded-Proto are believed only from a trusted proxy; the
-    peer is then appended to the chain. From anyone else they are replaced: the peer is the client."""
-    peer = request.remote
-    if not trusted or not _is_trusted(peer, trusted):  # the common case: the socket's address is canonical
-        return Client(peer, peer, request.secure, False)
-    headers = request.headers
-    xff = ", ".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
-    proto = headers.get("X-Forwarded-Proto")
-    https = proto.split(",")[0].strip().lower() == "https" if proto else request.secure
-    return Client(client_ip(peer, xff, trusted), (f"{xff}, {peer}" if xff else peer), https, True)
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_trusted(peer: str | None, trusted: tuple) -> bool:
-    address = parse_ip(peer)
-    return address is not None and any(address in net for net in trusted)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,15 +139,13 @@ async def handle_readyz(request: web.Request) -> web.Response:
 
 
 def route_tenant(request: web.Request, settings: Settings) -> Tenant | web.Response:
-    """The tenant of a request to HaloTrack's own routes, or its JSON refusal: 400 for a malformed Host,
-    421 for a host no tenant serves."""
-    host = request_host(request)
-    if host is None:
+    """The tenant of a request to HaloTrack's own routes, or its JSON refusal."""
+    found = tenant_for(request, settings)
+    if found == 400:
         return json_error(400, "bad_host", "The Host header is missing, repeated or not a host name.")
-    tenant = settings.tenant_for_name(host.name)
-    if tenant is None:
+    if found == 421:
         return json_error(421, "misdirected", "This host is not served here.")
-    return tenant
+    return found  # type: ignore[return-value]
 
 
 async def handle_reserved_unknown(request: web.Request) -> web.Response:

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from halo_proxy.upstream import HIGH_WATER, Origin, UpstreamError, UpstreamPool, parse_origin, request_head
+from halo_proxy.edge.upstream import (
+    HIGH_WATER,
+    Origin,
+    UpstreamError,
+    UpstreamPool,
+    parse_origin,
+    request_head,
+)
 from tests.upstream import Handler, Script, read_request, scripted
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import halo_proxy.forwarders
 
-FORBIDDEN = ("aiohttp.web", "halo_proxy.app", "halo_proxy.server", "halo_proxy.proxy", "halo_proxy.cli")
+FORBIDDEN = ("aiohttp.web", "halo_proxy.app", "halo_proxy.server", "halo_proxy.edge", "halo_proxy.cli")
 
 
 def _imports(path: Path) -> set[str]:

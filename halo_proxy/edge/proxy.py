@@ -1,7 +1,7 @@
 """The streaming reverse proxy: one request in, one upstream request out, bodies streamed both ways.
 
 Correctness rules (RFC 9110 section 7.6, RFC 9112 section 6) and their tests are listed in
-`tests/test_proxy.py`. Nothing here knows about tracking: callers pass extra response headers in.
+`tests/test_proxy.py` and `tests/edge/`. Nothing here knows about tracking: callers pass extra response headers in.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import Tenant
-from .edge.boundary import TRUSTED_ONLY_HEADERS, Host, parse_host, reaches_prefix, underscore_alias
-from .edge.boundary import content_length as boundary_content_length
-from .metrics import Metrics
+from ..config import Tenant
+from ..metrics import Metrics
+from .boundary import TRUSTED_ONLY_HEADERS, Host, reaches_prefix, underscore_alias
+from .boundary import content_length as boundary_content_length
+from .tenancy import Client, request_host
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, parse_origin
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,6 @@ BODYLESS_STATUS = frozenset((204, 304))
 CHUNK = 64 * 1024
 
 
-class Client(NamedTuple):
-    """Who sent a request, as far as HaloTrack can believe it."""
-
-    ip: str | None  # the visitor's address: the peer, or the last untrusted hop of a trusted proxy's chain
-    forwarded_for: str | None  # the X-Forwarded-For to send upstream
-    https: bool  # the visitor's own scheme (a trusted TLS proxy's X-Forwarded-Proto)
-    trusted: bool  # the peer is one of `server.trusted_proxies`
-
-
 class Refusal(NamedTuple):
     """A request refused at the trust boundary, before any tenant or upstream sees it."""
 
@@ -73,12 +65,6 @@ BAD_LENGTH = Refusal(400, "content_length", "The Content-Length header is not va
 BAD_CODING = Refusal(501, "transfer_encoding", "Only the chunked transfer coding is supported.")
 BAD_VERSION = Refusal(505, "version", "Only HTTP/1.0 and HTTP/1.1 are served on this connection.")
 _VERSIONS = ((1, 1), (1, 0))
-
-
-def request_host(request: web.Request) -> Host | None:
-    """The request's Host header, parsed strictly; None when it is missing or malformed. (A repeated Host
-    never gets here: aiohttp's parser refuses it with 400, tests/edge/test_proxy_boundary.py checks.)"""
-    return parse_host(request.headers.get("Host"))
 
 
 def check_request(request: web.Request, reserved_prefix: str) -> Host | Refusal:
