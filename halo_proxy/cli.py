@@ -78,15 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return serve(args.config, args.host, args.port, args.metrics_port, args.workers)
     if args.command == "migrate":
-        from .server import migrate
+        from .admin import migrate
 
         return migrate()
     if args.command == "outbox":
-        from .server import outbox_command
+        from .admin import outbox_command
 
         return outbox_command(args)
     if args.command == "rotate-keys":
-        from .server import rotate_keys
+        from .admin import rotate_keys
 
         if not 2 <= args.to_version <= 255:
             print("halo-proxy: --to-version must be from 2 to 255", file=sys.stderr)

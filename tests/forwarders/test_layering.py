@@ -7,7 +7,8 @@ from pathlib import Path
 
 import halo_proxy.forwarders
 
-FORBIDDEN = ("aiohttp.web", "halo_proxy.app", "halo_proxy.server", "halo_proxy.edge", "halo_proxy.cli")
+FORBIDDEN = ("aiohttp.web", "halo_proxy.app", "halo_proxy.server", "halo_proxy.admin", "halo_proxy.edge",
+             "halo_proxy.cli")
 
 
 def _imports(path: Path) -> set[str]:

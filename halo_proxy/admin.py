@@ -1,0 +1,133 @@
+"""Operator commands that run once against the database and exit: `migrate`, `rotate-keys`, `outbox`.
+
+Each opens HALO_DATABASE_URL (or the embedded PostgreSQL under HALO_DATA_DIR), does its job, prints what it did
+and returns the process exit code. The serving process model is `server.py`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from .server import StartupError, load_keys, open_database
+
+
+def with_database(job, failure: str):  # type: ignore[no-untyped-def]
+    """Run `job(pool)` for an operator command against HALO_DATABASE_URL or the embedded database.
+
+    Returns (result, None) or (None, exit code) after printing the problem: 2 when the database cannot be
+    opened, 1 when the job fails on it. The embedded server, if started here, is stopped afterwards.
+    """
+    from .storage.db import create_pool
+    from .storage.errors import StorageError
+
+    try:
+        dsn, embedded = open_database()
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return None, 2
+
+    async def run():  # type: ignore[no-untyped-def]
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            return await job(pool)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run()), None
+    except StorageError as err:
+        print(f"halo-proxy: {failure}: {err}", file=sys.stderr)
+        return None, 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def migrate() -> int:
+    """`halo-proxy migrate`: apply pending migrations and say which."""
+    from .storage import migrations
+
+    applied, code = with_database(migrations.apply, "migrations failed")
+    if code is not None:
+        return code
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def rotate_keys(config_path: str, to_version: int) -> int:
+    """`halo-proxy rotate-keys`: re-encrypt every tenant's stored personal data under key version `to_version`.
+
+    Rows already at that version are left alone, so an interrupted run can simply be started again. Old rows
+    stay readable throughout: a ring decrypts every version up to its current one.
+    """
+    from .config import ConfigError, load
+    from .storage.conversions import rewrap_pii
+
+    try:
+        settings = load(config_path)
+    except ConfigError as err:
+        for line in err.errors:
+            print(line, file=sys.stderr)
+        return 2
+    os.environ["HALO_KEY_VERSION"] = str(to_version)
+    try:
+        keys = load_keys(generate=False)
+    except StartupError as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        return 2
+
+    async def job(pool) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
+        done = {}
+        for tenant in settings.tenants:
+            def rewrap(table: str, column: str, blob: bytes, tenant_id: str = tenant.id) -> bytes:
+                return keys.reencrypt(tenant_id, table, column, blob)
+
+            done[tenant.id] = await rewrap_pii(pool, tenant.id, to_version, rewrap)
+        return done
+
+    done, code = with_database(job, "key rotation failed")
+    if code is not None:
+        return code
+    for tenant_id, counts in done.items():
+        print(f"{tenant_id}: " + ", ".join(f"{n} {table}" for table, n in counts.items()) +
+              f" re-encrypted under key version {to_version}")
+    print(f"Now run the proxy with HALO_KEY_VERSION={to_version}.")
+    return 0
+
+
+def outbox_command(args) -> int:  # type: ignore[no-untyped-def]
+    """`halo-proxy outbox list|show|retry`."""
+    from .storage import outbox
+
+    async def job(pool) -> int:  # type: ignore[no-untyped-def]
+        if args.outbox_command == "list":
+            status = None if args.status == "all" else args.status
+            rows = await outbox.list_forwards(pool, status, args.tenant, args.limit, platform=args.platform)
+            print(f"{'id':>8}  {'tenant':<12} {'platform':<10} {'status':<9} {'tries':>5}  "
+                  f"{'next attempt':<20} {'reason':<22} event id")
+            for r in rows:
+                print(f"{r.id:>8}  {r.tenant_id:<12} {r.platform:<10} {r.status:<9} {r.attempts:>5}  "
+                      f"{r.next_attempt_at:%Y-%m-%d %H:%M:%S}  {(r.reason or '-'):<22} {r.event_id}")
+            print(f"{len(rows)} row(s)")
+            return 0
+        if args.outbox_command == "show":
+            row = await outbox.get_forward(pool, args.id)
+            if row is None:
+                print(f"halo-proxy: no forward with id {args.id}", file=sys.stderr)
+                return 1
+            for name in ("id", "tenant_id", "conversion_id", "platform", "event_id", "status", "reason",
+                         "attempts", "next_attempt_at", "locked_until", "locked_by", "last_error",
+                         "created_at", "sent_at", "updated_at"):
+                print(f"{name:>16}: {getattr(row, name)}")
+            payload = f"encrypted, {len(row.payload_enc)} bytes" if row.payload_enc else "none"
+            print(f"{'payload':>16}: {payload}")
+            return 0
+        count = await outbox.requeue(pool, args.tenant, ids=args.ids or None, status=args.status,
+                                     platform=args.platform)
+        print(f"requeued {count} forward(s); running proxies send them within a second")
+        return 0
+
+    result, code = with_database(job, "the outbox could not be read (has `halo-proxy migrate` run?)")
+    return code if code is not None else result
