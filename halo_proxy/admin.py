@@ -10,7 +10,7 @@ import asyncio
 import os
 import sys
 
-from .server import StartupError, load_keys, open_database
+from .server import StartupError, load_keys, load_settings, open_database
 
 
 def with_database(job, failure: str):  # type: ignore[no-untyped-def]
@@ -62,14 +62,10 @@ def rotate_keys(config_path: str, to_version: int) -> int:
     Rows already at that version are left alone, so an interrupted run can simply be started again. Old rows
     stay readable throughout: a ring decrypts every version up to its current one.
     """
-    from .config import ConfigError, load
     from .storage.conversions import rewrap_pii
 
-    try:
-        settings = load(config_path)
-    except ConfigError as err:
-        for line in err.errors:
-            print(line, file=sys.stderr)
+    settings = load_settings(config_path)
+    if settings is None:
         return 2
     os.environ["HALO_KEY_VERSION"] = str(to_version)
     try:

@@ -60,13 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "check-config":
-        from .config import ConfigError, load
+        from .server import load_settings
 
-        try:
-            settings = load(args.config)
-        except ConfigError as err:
-            for line in err.errors:
-                print(line, file=sys.stderr)
+        settings = load_settings(args.config)
+        if settings is None:
             return 2
         print(settings.summary())
         return 0

@@ -40,6 +40,18 @@ class StartupError(Exception):
     """The process cannot start; the message tells the operator what to fix."""
 
 
+def load_settings(config_path: str):  # type: ignore[no-untyped-def]
+    """The tenant file's settings, or None after printing every error (`PATH:tenant[ID].field: message`)."""
+    from .config import ConfigError, load
+
+    try:
+        return load(config_path)
+    except ConfigError as err:
+        for line in err.errors:
+            print(line, file=sys.stderr)
+        return None
+
+
 def data_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("HALO_DATA_DIR") or ".halo"
@@ -98,14 +110,10 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
     with a clear message), or serves `sock`, the listening socket its supervisor bound for all its workers."""
 
     from .app import create_app
-    from .config import ConfigError, load
     from .metrics import Metrics
 
-    try:
-        settings = load(config_path)
-    except ConfigError as err:
-        for line in err.errors:
-            print(line, file=sys.stderr)
+    settings = load_settings(config_path)
+    if settings is None:
         return 2
     try:
         keys = load_keys(generate=generate_secret)
@@ -212,15 +220,8 @@ def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing
 
 
 def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
-    from .config import ConfigError, load
-
-    try:
-        settings = load(config_path)  # fail early, before any process starts
-    except ConfigError as err:
-        for line in err.errors:
-            print(line, file=sys.stderr)
+    if load_settings(config_path) is None:  # fail early, before any process starts
         return 2
-    del settings
     if workers == 1:
         return run_loop(run_worker(config_path, host, port, metrics_port))
     try:
