@@ -59,6 +59,17 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(f"database error {err.sqlstate}: {err}") from err
 
 
+class BoundedPool(asyncpg.Pool):
+    """An asyncpg pool on which every acquire, its own `fetch`/`execute` included, waits at most
+    `acquire_timeout_s` for a connection: with the pool exhausted a caller fails (TimeoutError, which
+    `translate_errors` makes StorageUnavailable: 503 with Retry-After) instead of waiting for ever."""
+
+    __slots__ = ("acquire_timeout_s",)
+
+    def acquire(self, *, timeout: float | None = None):  # type: ignore[no-untyped-def,override]
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
 async def create_pool(
     dsn: str,
     min_size: int = 1,
@@ -66,21 +77,20 @@ async def create_pool(
     *,
     command_timeout: float | None = 30.0,
     connect_timeout: float = 10.0,
+    acquire_timeout: float = 10.0,
 ) -> asyncpg.Pool:
-    """A connection pool whose connections decode jsonb with orjson.
+    """A connection pool whose connections decode jsonb with orjson, and whose acquires are bounded.
 
     Raises `StorageUnavailable` when the first connections cannot be made.
     """
+    # What asyncpg.create_pool does (it takes no pool class), with the subclass.
+    pool = BoundedPool(dsn, min_size=min_size, max_size=max_size, max_queries=50000,
+                       max_inactive_connection_lifetime=300.0, connect=None, setup=None, init=init_connection,
+                       reset=None, loop=None, connection_class=asyncpg.Connection, record_class=asyncpg.Record,
+                       command_timeout=command_timeout, timeout=connect_timeout)
+    pool.acquire_timeout_s = acquire_timeout
     with translate_errors():
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            init=init_connection,
-            command_timeout=command_timeout,
-            timeout=connect_timeout,
-        )
-    assert pool is not None
+        await pool
     return pool
 
 

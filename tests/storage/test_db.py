@@ -34,3 +34,15 @@ async def test_sql_errors_are_storage_errors(db_pool: asyncpg.Pool) -> None:
         await db_pool.execute("SELECT * FROM no_such_table")
     assert not isinstance(info.value, StorageUnavailable)
     assert isinstance(info.value.__cause__, asyncpg.UndefinedTableError)
+
+
+async def test_every_acquire_is_bounded(database):
+    """With the one connection held, the pool's own fetch (and any acquire) gives up instead of waiting."""
+    pool = await create_pool(database.dsn, min_size=1, max_size=1, acquire_timeout=0.2)
+    try:
+        async with pool.acquire():
+            with pytest.raises(TimeoutError):
+                await pool.fetchval("SELECT 1")
+        assert await pool.fetchval("SELECT 1") == 1  # free again
+    finally:
+        await pool.close()
