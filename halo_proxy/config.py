@@ -418,6 +418,10 @@ def _server(r: _Reader, raw: Any) -> ServerSettings:
     return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), client=client, outbox=outbox)
 
 
+# A tenant with every default, read for the defaults of the keys `_tenant` validates (never written twice).
+_TENANT_DEFAULTS = Tenant(id="", hosts=(), upstream="")
+
+
 def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     label = f"tenant[{index}]"
     if isinstance(raw, dict) and isinstance(raw.get("id"), str):
@@ -438,7 +442,8 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     if "hosts" in data and not hosts_raw:
         r.error(f"{label}.hosts", "must list at least one host")
     upstream = r.get(label, data, "upstream", str, required=True, check=_upstream_url)
-    currency = r.get(label, data, "currency", str, "EUR",
+    base = _TENANT_DEFAULTS
+    currency = r.get(label, data, "currency", str, base.currency,
                      check=lambda v: None if CURRENCY_RE.match(v) else "must be an ISO 4217 code such as EUR")
     region = r.get(label, data, "default_phone_region", str, None,
                    check=lambda v: None if REGION_RE.match(v) else "must be an ISO 3166 alpha-2 code such as CZ")
@@ -448,24 +453,26 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     if cdata:
         w = f"{label}.cookie"
         cookie = CookieSettings(
-            name=r.get(w, cdata, "name", str, "_halo",
+            name=r.get(w, cdata, "name", str, cookie.name,
                        check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else "must be a cookie name"),
-            max_age_days=r.get(w, cdata, "max_age_days", int, 365,
+            max_age_days=r.get(w, cdata, "max_age_days", int, cookie.max_age_days,
                                check=lambda v: None if 1 <= v <= 400 else "must be between 1 and 400"),
-            domain=r.get(w, cdata, "domain", str, None),
+            domain=r.get(w, cdata, "domain", str, cookie.domain),
         )
 
     consent = ConsentSettings()
     kdata = r.section(f"{label}.consent", data.get("consent"), {"unknown", "onetrust"})
     if kdata:
         w = f"{label}.consent"
-        unknown = r.get(w, kdata, "unknown", str, "granted",
+        unknown = r.get(w, kdata, "unknown", str, consent.unknown,
                         check=lambda v: None if v in ("granted", "denied") else "must be 'granted' or 'denied'")
         ot = r.section(f"{w}.onetrust", kdata.get("onetrust"), {"analytics", "marketing"}) or {}
         consent = ConsentSettings(
             unknown=unknown,
-            onetrust_analytics_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "analytics", list, ["C0002"])),
-            onetrust_marketing_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "marketing", list, ["C0004"])),
+            onetrust_analytics_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "analytics", list,
+                                                                  list(consent.onetrust_analytics_groups))),
+            onetrust_marketing_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "marketing", list,
+                                                                  list(consent.onetrust_marketing_groups))),
         )
 
     api_keys: list[ApiKey] = []
@@ -491,11 +498,11 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     tdata = r.section(f"{label}.timeouts", data.get("timeouts"), {"connect_s", "read_s"})
     if tdata:
         w = f"{label}.timeouts"
-        timeouts = Timeouts(connect_s=r.get(w, tdata, "connect_s", float, 5.0, check=_positive),
-                            read_s=r.get(w, tdata, "read_s", float, 30.0, check=_positive))
+        timeouts = Timeouts(connect_s=r.get(w, tdata, "connect_s", float, timeouts.connect_s, check=_positive),
+                            read_s=r.get(w, tdata, "read_s", float, timeouts.read_s, check=_positive))
 
     attribution = r.section(f"{label}.attribution", data.get("attribution"), {"lookback_days"}) or {}
-    lookback = r.get(f"{label}.attribution", attribution, "lookback_days", int, 90,
+    lookback = r.get(f"{label}.attribution", attribution, "lookback_days", int, base.lookback_days,
                      check=lambda v: None if 1 <= v <= 730 else "must be between 1 and 730")
 
     inject = r.section(f"{label}.inject", data.get("inject"), {"script"}) or {}
@@ -504,15 +511,15 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     if rdata:
         w = f"{label}.retention_days"
         days = lambda v: None if 1 <= v <= 3650 else "must be between 1 and 3650"  # noqa: E731
-        retention = Retention(sessions=r.get(w, rdata, "sessions", int, 395, check=days),
-                              anon_events=r.get(w, rdata, "anon_events", int, 90, check=days),
-                              forwards=r.get(w, rdata, "forwards", int, 90, check=days))
+        retention = Retention(sessions=r.get(w, rdata, "sessions", int, retention.sessions, check=days),
+                              anon_events=r.get(w, rdata, "anon_events", int, retention.anon_events, check=days),
+                              forwards=r.get(w, rdata, "forwards", int, retention.forwards, check=days))
     rate = RateLimit()
     rl = r.section(f"{label}.rate_limit", data.get("rate_limit"), {"per_second", "burst"})
     if rl:
         w = f"{label}.rate_limit"
-        rate = RateLimit(per_second=r.get(w, rl, "per_second", float, 5.0, check=_positive),
-                         burst=r.get(w, rl, "burst", int, 20, check=_positive))
+        rate = RateLimit(per_second=r.get(w, rl, "per_second", float, rate.per_second, check=_positive),
+                         burst=r.get(w, rl, "burst", int, rate.burst, check=_positive))
 
     origins = []
     for i, origin in enumerate(r.get(label, data, "external_origins", list, [])):
@@ -534,17 +541,17 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
         api_keys=tuple(api_keys),
         forwarders=forwarders,
         timeouts=timeouts,
-        upstream_host=r.get(label, data, "upstream_host", str, "original",
+        upstream_host=r.get(label, data, "upstream_host", str, base.upstream_host,
                             check=lambda v: None if v in ("original", "upstream") else "must be 'original' or 'upstream'"),
-        timezone=r.get(label, data, "timezone", str, "UTC", check=_timezone),
+        timezone=r.get(label, data, "timezone", str, base.timezone, check=_timezone),
         lookback_days=lookback,
         shopify_secret=r.get(label, data, "shopify_secret", str, None),
         stripe_secret=r.get(label, data, "stripe_secret", str, None),
         external_origins=tuple(origins),
-        inject_script=r.get(f"{label}.inject", inject, "script", bool, True),
+        inject_script=r.get(f"{label}.inject", inject, "script", bool, base.inject_script),
         retention=retention,
         rate_limit=rate,
-        max_body_bytes=1024 * r.get(label, data, "max_body_kb", int, 64,
+        max_body_bytes=1024 * r.get(label, data, "max_body_kb", int, base.max_body_bytes // 1024,
                                     check=lambda v: None if 1 <= v <= 10240 else "must be between 1 and 10240"),
     )
     return tenant if len(r.errors) == before else None
