@@ -20,7 +20,6 @@ import orjson
 from aiohttp import web
 
 from . import config as config_mod
-from .api import call as call_route
 from .config import ConfigError, Settings, Tenant
 from .conversions import Conversions
 from .crypto import KeyRing
@@ -29,12 +28,13 @@ from .edge.tenancy import client_address, tenant_for
 from .edge.upstream import UpstreamPool
 from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import UNKNOWN_TENANT, Metrics
+from .routes.common import call as call_route
+from .routes.conversions import RateLimits, Routes
 from .storage import migrations
 from .storage.db import create_pool, ping
 from .storage.errors import StorageError
 from .tracking.agent import warm_agent_parser
 from .visits import Clock, VisitTracker, VisitWriter, utc_now
-from .webhooks import RateLimits, Routes
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def create_app(
     # aiohttp server defaults the proxy must not inherit (each tested in tests/test_boundary.py):
     # - auto_decompress: a gzip request body would reach the origin decoded under its original Content-Length
     #   and Content-Encoding (a smuggled second request). Bodies stay as sent; HaloTrack's own routes decode
-    #   theirs, capped (routes read_body);
+    #   theirs, capped (routes/common.py read_body);
     # - keepalive_timeout 3630 s: an idle visitor connection is closed after idle_timeout_s instead;
     # - lingering_time 10 s: an unread body (a 404 route, a refused request) is drained for body_timeout_s at
     #   most, then the connection is closed;

@@ -21,7 +21,7 @@ MODULES = sorted(ROOT.rglob("*.py"))
 PURE_THIRD_PARTY = {"user_agents", "ua_parser", "phonenumbers"}
 IO_STDLIB = {"asyncio", "logging", "socket", "sqlite3", "subprocess", "threading", "time"}
 ABOVE_STORAGE = ("halo_proxy.app", "halo_proxy.edge", "halo_proxy.server", "halo_proxy.admin", "halo_proxy.cli",
-                 "halo_proxy.webhooks", "halo_proxy.api", "halo_proxy.visits", "halo_proxy.conversions",
+                 "halo_proxy.routes", "halo_proxy.visits", "halo_proxy.conversions",
                  "halo_proxy.forwarders", "halo_proxy.demo")
 ENTRY_POINTS = {"halo_proxy.cli", "halo_proxy.server", "halo_proxy.demo"}
 
@@ -78,7 +78,7 @@ def test_storage_never_imports_aiohttp_or_what_is_above_it(path):
 def test_forwarder_wire_modules_never_import_storage(path):
     names = imports(path)
     bad = sorted(m for m in names if m.startswith(("aiohttp.web", "halo_proxy.app", "halo_proxy.edge",
-                                                      "halo_proxy.server", "halo_proxy.cli", "halo_proxy.webhooks")))
+                                                      "halo_proxy.server", "halo_proxy.cli", "halo_proxy.routes")))
     if path.name != "worker.py":
         bad += sorted(m for m in names if m.startswith("halo_proxy.storage"))
     assert bad == [], f"{module_name(path)} imports {bad}"

@@ -1,4 +1,4 @@
-"""Form bodies and header parameters (halo_proxy/forms.py): strict, bounded, and never an exception other than
+"""Form bodies and header parameters (halo_proxy/routes/forms.py): strict, bounded, and never an exception other than
 FormError, including on the inputs that made the standard library's parser recurse or crawl."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halo_proxy.forms import FormError, header_params, media_type, parse_multipart, parse_urlencoded
+from halo_proxy.routes.forms import FormError, header_params, media_type, parse_multipart, parse_urlencoded
 
 
 def part(name: str, value: bytes, *headers: str) -> bytes:

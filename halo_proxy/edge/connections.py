@@ -12,7 +12,7 @@ malformed request as an ERROR traceback with the client's address. `GuardedHandl
   without the visitor's address; real handler failures still log their traceback, without the address.
 
 Request bodies have their own progress deadline (`body_timeout_s`) where they are read: the upstream client for
-proxied requests, `routes` for HaloTrack's own. `ListenerRunner` is `web.AppRunner` with this handler; `serve`
+proxied requests, `routes/common.py` for HaloTrack's own. `ListenerRunner` is `web.AppRunner` with this handler; `serve`
 and the tests of this module use it.
 """
 

@@ -2,9 +2,9 @@
 
 Fuzzed:
 
-- `halo_proxy.api.parse_json_object`: arbitrary bytes, and JSON documents of arbitrary values (lone surrogates,
+- `halo_proxy.routes.common.parse_json_object`: arbitrary bytes, and JSON documents of arbitrary values (lone surrogates,
   NaN, deep nesting), whole, truncated or with a byte changed.
-- `halo_proxy.webhooks.parse_form`: urlencoded bodies (arbitrary bytes, encoded pairs, too many fields), and
+- `halo_proxy.routes.conversions.parse_form`: urlencoded bodies (arbitrary bytes, encoded pairs, too many fields), and
   multipart/form-data bodies built part by part: arbitrary Content-Type parameters on the request and on each
   part (every codec Python ships as a charset, RFC 2231 ``charset*=``, arbitrary text such as ``"utf-8\\x00"``),
   boundaries that match or not, arbitrary part headers, Content-Transfer-Encoding, RFC 2231 names, files, nested
@@ -55,7 +55,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halo_proxy.api import ApiError, parse_json_object
+from halo_proxy.routes.common import ApiError, parse_json_object
+from halo_proxy.routes.conversions import parse_form
 from halo_proxy.tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
 from halo_proxy.tracking.conversion import (
     _DECIMAL_TEXT,
@@ -71,7 +72,6 @@ from halo_proxy.tracking.conversion import (
 )
 from halo_proxy.tracking.identity import IdentityError, normalise_email, normalise_phone
 from halo_proxy.tracking.models import ConversionInput
-from halo_proxy.webhooks import parse_form
 
 NOW = datetime(2025, 3, 12, 9, 0, tzinfo=UTC)
 
@@ -275,7 +275,7 @@ def contract_objects(keys: frozenset[str], values: Callable[[str], st.SearchStra
 REGIONS = st.none() | COUNTRIES | ANY_TEXT
 
 
-# -- halo_proxy.api.parse_json_object --------------------------------------------------------------------------------
+# -- halo_proxy.routes.common.parse_json_object --------------------------------------------------------------------------------
 
 
 DAMAGE = st.tuples(mostly(st.just("whole"), st.sampled_from(("cut", "replace", "insert"))),
@@ -315,7 +315,7 @@ def test_parse_json_object(body):
     assert data is None or isinstance(data, dict)
 
 
-# -- halo_proxy.webhooks.parse_form ----------------------------------------------------------------------------------
+# -- halo_proxy.routes.conversions.parse_form ----------------------------------------------------------------------------------
 
 # Every codec module Python ships: as a charset each decodes (or refuses) differently.
 CODECS = sorted({module.name for module in pkgutil.iter_modules(encodings.__path__)} - {"aliases"})

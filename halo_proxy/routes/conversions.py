@@ -13,17 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import Settings, Tenant
+from ..conversions import Conversions
+from ..crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
+from ..edge.boundary import local_path, parse_url
+from ..ratelimit import TokenBucket, retry_after_header
+from ..tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
+from ..tracking.conversion import InputError, form_redirect, parse_lead, parse_order
+from ..tracking.identity import IdentityError, normalise_email, normalise_phone
+from ..visits import Clock
 from . import forms
-from .api import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
-from .config import Settings, Tenant
-from .conversions import Conversions
-from .crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
-from .edge.boundary import local_path, parse_url
-from .ratelimit import TokenBucket, retry_after_header
-from .tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
-from .tracking.conversion import InputError, form_redirect, parse_lead, parse_order
-from .tracking.identity import IdentityError, normalise_email, normalise_phone
-from .visits import Clock
+from .common import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 IDENTIFY_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon without a preflight

@@ -19,8 +19,8 @@ import brotli
 import orjson
 from aiohttp import web
 
+from ..storage.errors import StorageError, StorageUnavailable
 from . import forms
-from .storage.errors import StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
