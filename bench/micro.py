@@ -31,7 +31,8 @@ from halo_proxy.crypto import KeyRing, generate_master_secret  # noqa: E402
 from halo_proxy.edge.proxy import check_request, upstream_request_headers  # noqa: E402
 from halo_proxy.edge.tenancy import Client  # noqa: E402
 from halo_proxy.metrics import Metrics  # noqa: E402
-from halo_proxy.visits import VisitTracker, VisitWriter  # noqa: E402
+from halo_proxy.storage.write_queue import VisitWriter  # noqa: E402
+from halo_proxy.visits import VisitTracker  # noqa: E402
 
 HOST = "bench.localhost"
 CLIENT_IP = "127.0.0.1"

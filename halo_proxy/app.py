@@ -33,8 +33,9 @@ from .routes.conversions import RateLimits, Routes
 from .storage import migrations
 from .storage.db import create_pool, ping
 from .storage.errors import StorageError
+from .storage.write_queue import VisitWriter
 from .tracking.agent import warm_agent_parser
-from .visits import Clock, VisitTracker, VisitWriter, utc_now
+from .visits import Clock, VisitTracker, utc_now
 
 log = logging.getLogger(__name__)
 

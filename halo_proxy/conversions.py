@@ -30,9 +30,9 @@ from .storage import sessions as session_store
 from .storage.conversions import ConversionRecord, ConversionWrite
 from .storage.outbox import ForwardWrite
 from .storage.sessions import SessionRecord
+from .storage.write_queue import VisitWriter
 from .tracking.attribution import attribute, attribution_json, choose_session
 from .tracking.models import Attribution, ConversionInput
-from .visits import VisitWriter
 
 log = logging.getLogger(__name__)
 

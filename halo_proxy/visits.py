@@ -1,4 +1,4 @@
-"""Page-view tracking on the proxy's hot path, and the background writer behind it.
+"""Page-view tracking on the proxy's hot path; the background writer behind it is `storage.write_queue`.
 
 `VisitTracker.observe` runs synchronously before a page is forwarded. It decides, from the request alone,
 whether this is a visit, what the visitor allowed, who they are (the sealed `_halo` cookie) and whether the visit
@@ -16,26 +16,22 @@ written: the page waits only for the decisions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from .config import Tenant
 from .crypto import KeyRing, random_below
 from .metrics import Metrics
-from .storage import sessions as session_store
-from .storage.errors import StorageError, StorageUnavailable
 from .storage.sessions import AnonEvent, SessionWrite
+from .storage.write_queue import ConsentUpdate, PendingVisit, VisitWriter
 from .tracking.campaign import has_campaign_data, parse_campaign
 from .tracking.consent import ConsentPolicy, parse_consent
 from .tracking.device import parse_device
@@ -58,7 +54,6 @@ REPEAT_SECONDS = 30 * 60
 # Parsed Cookie headers kept per process, and the longest header worth keeping (longer ones are parsed each time).
 COOKIE_CACHE_SIZE = 4096
 COOKIE_CACHE_MAX_CHARS = 4096
-UA_MAX_STORED = 512
 
 _NO_COOKIES: Mapping[str, str] = MappingProxyType({})
 
@@ -71,185 +66,6 @@ def utc_now() -> datetime:
 
 def consent_bits(consent: Consent) -> int:
     return (1 if consent.analytics else 0) | (2 if consent.marketing else 0) | (4 if consent.gpc else 0)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingVisit:
-    """A page view of a visitor with marketing consent whose IP and user agent still need encrypting.
-
-    `write` holds every other field; `sealed` gives the `SessionWrite` to store. The writer calls it just before
-    the batch goes to the database, so the AES-GCM work is off the request path.
-    """
-
-    write: SessionWrite
-    keys: KeyRing
-    client_ip: str | None
-    user_agent: str | None
-
-    def sealed(self) -> SessionWrite:
-        tenant_id = self.write.tenant_id
-        ip_enc = ua_enc = None
-        if self.client_ip:
-            ip_enc = self.keys.encrypt(tenant_id, "sessions", "ip_enc", self.client_ip)
-        if self.user_agent:
-            ua_enc = self.keys.encrypt(tenant_id, "sessions", "user_agent_enc", self.user_agent[:UA_MAX_STORED])
-        w = self.write  # built field by field: dataclasses.replace costs more than both encryptions
-        return SessionWrite(tenant_id=w.tenant_id, session_id=w.session_id, is_new=w.is_new, touch=w.touch,
-                            device=w.device, geo=w.geo, consent=w.consent, ip_hash=w.ip_hash, ip_enc=ip_enc,
-                            user_agent_enc=ua_enc, fbp=w.fbp, fbc=w.fbc, at=w.at)
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentUpdate:
-    """A returning visitor's consent changed on a visit without campaign data."""
-
-    tenant_id: str
-    session_id: UUID
-    consent: Consent
-    at: datetime
-
-
-# Failures after which a write is kept and retried: the database is unreachable, not the data wrong.
-_UNAVAILABLE = (StorageUnavailable, OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError)
-
-# ---------------------------------------------------------------------------------------------------------
-
-
-class VisitWriter:
-    """Queues page-view writes without blocking and writes them in batches in the background.
-
-    `submit` never waits and says whether it accepted. When the database is down, writes stay queued (up to
-    `max_queue`) and are retried; beyond that the oldest are dropped and counted as lost. Anonymous
-    aggregates are summed in memory and added in one statement per flush.
-    """
-
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, *, max_queue: int = 50_000, batch_size: int = 500,
-                 interval_s: float = 0.05, retry_s: float = 1.0):
-        self.pool = pool
-        self.metrics = metrics
-        self.max_queue = max_queue
-        self.batch_size = batch_size
-        self.interval_s = interval_s
-        self.retry_s = retry_s
-        self._visits: deque[SessionWrite | PendingVisit | ConsentUpdate] = deque()
-        self._anon: dict[tuple, int] = {}
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.healthy = True
-
-    # -- hot path ------------------------------------------------------------------------------------------
-
-    def submit(self, write: SessionWrite | PendingVisit | ConsentUpdate) -> bool:
-        accepted = True
-        if len(self._visits) >= self.max_queue:
-            self._visits.popleft()
-            self.metrics.lost_writes.labels(kind="visit").inc()
-            accepted = False
-        self._visits.append(write)  # the queue-depth gauge is set at each flush, not on every page view
-        if len(self._visits) >= self.batch_size:
-            self._wake.set()
-        return accepted
-
-    def count_anon(self, event: AnonEvent) -> None:
-        key = event.key
-        self._anon[key] = self._anon.get(key, 0) + 1
-
-    # -- background --------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="halo-visit-writer")
-
-    async def _run(self) -> None:
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            ok = await self.flush()
-            if not ok:
-                await asyncio.sleep(self.retry_s)
-
-    async def flush(self) -> bool:
-        """Write everything queued now. True when the database took it all."""
-        async with self._lock:
-            ok = True
-            if self._anon:
-                anon, self._anon = self._anon, {}
-                rows = [AnonEvent(*key, count=count) for key, count in anon.items()]
-                try:
-                    await session_store.add_anon_events(self.pool, rows)
-                except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-                    ok = False
-                    self._storage_failed("anon_events", err)
-                    for key, count in anon.items():  # keep them for the next try
-                        self._anon[key] = self._anon.get(key, 0) + count
-            while ok and self._visits:
-                batch = [self._visits.popleft() for _ in range(min(self.batch_size, len(self._visits)))]
-                try:
-                    await self._write(batch)
-                except _UNAVAILABLE as err:
-                    ok = False
-                    self._storage_failed("visits", err)
-                    room = self.max_queue - len(self._visits)
-                    keep = batch[:max(room, 0)]
-                    self._visits.extendleft(reversed(keep))
-                    if len(keep) < len(batch):
-                        self.metrics.lost_writes.labels(kind="visit").inc(len(batch) - len(keep))
-                except Exception as err:  # noqa: BLE001 - a bad row must not stop every later page view
-                    self._storage_failed("visits", err)
-                    await self._write_one_by_one(batch)
-            self.metrics.write_queue.set(len(self._visits))
-            if ok:
-                self.healthy = True
-            return ok
-
-    async def _write(self, batch: list[SessionWrite | PendingVisit | ConsentUpdate]) -> None:
-        visits = [w.sealed() if isinstance(w, PendingVisit) else w
-                  for w in batch if not isinstance(w, ConsentUpdate)]
-        if visits:
-            await session_store.write_visits(self.pool, visits)
-        for update in batch:
-            if isinstance(update, ConsentUpdate):
-                await session_store.update_consent(self.pool, update.tenant_id, update.session_id,
-                                                   update.consent, update.at)
-
-    async def _write_one_by_one(self, batch: list[SessionWrite | PendingVisit | ConsentUpdate]) -> None:
-        """A batch refused for its content (not for an outage): each write on its own, so that only the bad
-        one is dropped (and counted, and logged) and the rest are stored. An outage meanwhile requeues the
-        writes not yet stored."""
-        for index, write in enumerate(batch):
-            try:
-                await self._write([write])
-            except _UNAVAILABLE:
-                self._visits.extendleft(reversed(batch[index:]))
-                return
-            except Exception as err:  # noqa: BLE001
-                self.metrics.lost_writes.labels(kind="invalid").inc()
-                log.error("a page-view write was refused and dropped (%s: %s)", type(err).__name__, err)
-
-    def _storage_failed(self, op: str, err: BaseException) -> None:
-        self.healthy = False
-        self.metrics.storage_errors.labels(op=op).inc()
-        log.warning("storage write failed (%s): %s; will retry", op, type(err).__name__)
-
-    async def close(self) -> None:
-        """Stop the loop and make a last attempt to write what is queued; what cannot be written is counted."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        await self.flush()
-        if self._visits:
-            self.metrics.lost_writes.labels(kind="visit").inc(len(self._visits))
-            log.error("%d page-view writes could not be stored before shutdown", len(self._visits))
-            self._visits.clear()
-        if self._anon:
-            self.metrics.lost_writes.labels(kind="anon").inc(sum(self._anon.values()))
-            self._anon.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------

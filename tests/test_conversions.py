@@ -573,9 +573,9 @@ async def test_a_lead_for_a_session_still_queued_does_not_hang_a_one_connection_
     from halo_proxy.conversions import Conversions
     from halo_proxy.storage.db import create_pool
     from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.storage.write_queue import VisitWriter
     from halo_proxy.tracking.conversion import parse_lead
     from halo_proxy.tracking.models import Consent, Device, Geo, Touch
-    from halo_proxy.visits import VisitWriter
 
     pool = await create_pool(database.dsn, min_size=1, max_size=1)
     try:

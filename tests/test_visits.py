@@ -342,8 +342,8 @@ def test_sealing_a_pending_visit_keeps_every_other_field():
     from uuid import uuid4
 
     from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.storage.write_queue import PendingVisit
     from halo_proxy.tracking.models import Consent, Device, Geo, Touch
-    from halo_proxy.visits import PendingVisit
 
     at = datetime(2026, 6, 1, tzinfo=UTC)
     write = SessionWrite(tenant_id="shop", session_id=uuid4(), is_new=False, touch=Touch(at=at, source="g"),
@@ -381,8 +381,8 @@ async def test_a_refused_write_is_dropped_alone_and_the_writer_goes_on(clean):
     from uuid import uuid4
 
     from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.storage.write_queue import PendingVisit, VisitWriter
     from halo_proxy.tracking.models import Consent, Device, Geo, Touch
-    from halo_proxy.visits import PendingVisit, VisitWriter
 
     metrics = Metrics()
     writer = VisitWriter(clean, metrics)
