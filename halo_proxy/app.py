@@ -21,7 +21,6 @@ from aiohttp import web
 
 from . import config as config_mod
 from .config import ConfigError, Settings, Tenant
-from .conversions import Conversions
 from .crypto import KeyRing
 from .edge.proxy import Proxy, Refusal, check_request, error_page
 from .edge.tenancy import client_address, tenant_for
@@ -30,6 +29,7 @@ from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import UNKNOWN_TENANT, Metrics
 from .routes.common import call as call_route
 from .routes.conversions import RateLimits, Routes
+from .services.conversions import Conversions
 from .storage import migrations
 from .storage.db import create_pool, ping
 from .storage.errors import StorageError

@@ -3,6 +3,7 @@
 - `tracking/` and `edge/boundary.py` are pure: the standard library (no I/O modules), small parsers, themselves;
 - `storage/` never imports aiohttp, nor anything above it;
 - `forwarders/` wire modules never import storage (the delivery worker may) nor aiohttp's server side;
+- `services/` never imports aiohttp's server side nor the routes above it;
 - nothing imports the composition root `app.py` but the entry points that run it (cli, server, demo).
 """
 
@@ -21,7 +22,7 @@ MODULES = sorted(ROOT.rglob("*.py"))
 PURE_THIRD_PARTY = {"user_agents", "ua_parser", "phonenumbers"}
 IO_STDLIB = {"asyncio", "logging", "socket", "sqlite3", "subprocess", "threading", "time"}
 ABOVE_STORAGE = ("halo_proxy.app", "halo_proxy.edge", "halo_proxy.server", "halo_proxy.admin", "halo_proxy.cli",
-                 "halo_proxy.routes", "halo_proxy.visits", "halo_proxy.conversions",
+                 "halo_proxy.routes", "halo_proxy.visits", "halo_proxy.services",
                  "halo_proxy.forwarders", "halo_proxy.demo")
 ENTRY_POINTS = {"halo_proxy.cli", "halo_proxy.server", "halo_proxy.demo"}
 
@@ -81,6 +82,13 @@ def test_forwarder_wire_modules_never_import_storage(path):
                                                       "halo_proxy.server", "halo_proxy.cli", "halo_proxy.routes")))
     if path.name != "worker.py":
         bad += sorted(m for m in names if m.startswith("halo_proxy.storage"))
+    assert bad == [], f"{module_name(path)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "services" in p.parts], ids=ids)
+def test_services_never_import_aiohttp_web_or_routes(path):
+    bad = sorted(m for m in imports(path) if m.startswith(("aiohttp.web", "halo_proxy.routes", "halo_proxy.edge",
+                                                             "halo_proxy.app", "halo_proxy.server", "halo_proxy.cli")))
     assert bad == [], f"{module_name(path)} imports {bad}"
 
 

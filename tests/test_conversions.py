@@ -570,7 +570,7 @@ async def test_a_lead_for_a_session_still_queued_does_not_hang_a_one_connection_
     while it does (with every connection held, each lead waited for itself)."""
     from uuid import uuid4
 
-    from halo_proxy.conversions import Conversions
+    from halo_proxy.services.conversions import Conversions
     from halo_proxy.storage.db import create_pool
     from halo_proxy.storage.sessions import SessionWrite
     from halo_proxy.storage.write_queue import VisitWriter

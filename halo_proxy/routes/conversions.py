@@ -14,10 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Settings, Tenant
-from ..conversions import Conversions
 from ..crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
 from ..edge.boundary import local_path, parse_url
 from ..ratelimit import TokenBucket, retry_after_header
+from ..services.conversions import Conversions
 from ..tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
 from ..tracking.conversion import InputError, form_redirect, parse_lead, parse_order
 from ..tracking.identity import IdentityError, normalise_email, normalise_phone

@@ -19,20 +19,20 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .config import Tenant
-from .crypto import KeyRing
-from .forwarders import PLATFORMS as FORWARDERS
-from .forwarders.models import ForwardEvent
-from .metrics import Metrics
-from .storage import conversions as conversion_store
-from .storage import identities as identity_store
-from .storage import sessions as session_store
-from .storage.conversions import ConversionRecord, ConversionWrite
-from .storage.outbox import ForwardWrite
-from .storage.sessions import SessionRecord
-from .storage.write_queue import VisitWriter
-from .tracking.attribution import attribute, attribution_json, choose_session
-from .tracking.models import Attribution, ConversionInput
+from ..config import Tenant
+from ..crypto import KeyRing
+from ..forwarders import PLATFORMS as FORWARDERS
+from ..forwarders.models import ForwardEvent
+from ..metrics import Metrics
+from ..storage import conversions as conversion_store
+from ..storage import identities as identity_store
+from ..storage import sessions as session_store
+from ..storage.conversions import ConversionRecord, ConversionWrite
+from ..storage.outbox import ForwardWrite
+from ..storage.sessions import SessionRecord
+from ..storage.write_queue import VisitWriter
+from ..tracking.attribution import attribute, attribution_json, choose_session
+from ..tracking.models import Attribution, ConversionInput
 
 log = logging.getLogger(__name__)
 
