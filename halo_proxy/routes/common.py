@@ -20,6 +20,8 @@ import orjson
 from aiohttp import web
 
 from ..storage.errors import StorageError, StorageUnavailable
+from ..tracking.conversion import InputError
+from ..tracking.identity import IdentityError
 from . import forms
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Cal
     except ApiError as err:
         on_error(err.code)
         return err.response()
+    except (InputError, IdentityError) as err:  # the parsers' verdict on a well-formed body: 422, field named
+        code = "invalid_field" if isinstance(err, IdentityError) else err.code
+        on_error(code)
+        return ApiError(422, code, err.detail, err.field).response()
     except (StorageUnavailable, OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError) as err:
         on_error("database_unavailable")
         log.warning("database unavailable on %s: %s", path, type(err).__name__)

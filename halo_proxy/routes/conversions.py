@@ -19,8 +19,8 @@ from ..edge.boundary import local_path, parse_url
 from ..ratelimit import TokenBucket, retry_after_header
 from ..services.conversions import Conversions
 from ..tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
-from ..tracking.conversion import InputError, form_redirect, parse_lead, parse_order
-from ..tracking.identity import IdentityError, normalise_email, normalise_phone
+from ..tracking.conversion import form_redirect, parse_lead, parse_order
+from ..tracking.identity import normalise_email, normalise_phone
 from ..visits import Clock
 from . import forms
 from .common import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
@@ -101,12 +101,6 @@ def parse_form(body: bytes, content_type_header: str) -> dict[str, str]:
         raise ApiError(400, "invalid_form", err.detail, field=err.field) from err
 
 
-def _input_error(err: InputError | IdentityError) -> ApiError:
-    if isinstance(err, IdentityError):
-        return ApiError(422, "invalid_field", err.detail, err.field)
-    return ApiError(422, err.code, err.detail, err.field)
-
-
 def _verify(kind: str, secret: str | None, request: web.Request, body: bytes, now: float) -> None:
     if not secret:
         raise ApiError(401, "not_configured", f"This tenant has no {kind} secret configured.")
@@ -160,12 +154,9 @@ class Routes:
         email_raw, phone_raw = data.get("email"), data.get("phone")
         if email_raw in (None, "") and phone_raw in (None, ""):
             raise ApiError(422, "missing_field", "Send an email or a phone to link.", "email")
-        try:
-            email_norm = normalise_email(email_raw) if email_raw not in (None, "") else None
-            phone_norm = normalise_phone(phone_raw, tenant.default_phone_region) \
-                if phone_raw not in (None, "") else None
-        except IdentityError as err:
-            raise _input_error(err) from err
+        email_norm = normalise_email(email_raw) if email_raw not in (None, "") else None
+        phone_norm = normalise_phone(phone_raw, tenant.default_phone_region) \
+            if phone_raw not in (None, "") else None
         session_id = self.cookie_session(request, tenant)
         if session_id is None:
             ref = data.get("session_id")
@@ -189,11 +180,8 @@ class Routes:
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         _verify("webhook", tenant.webhook_secret, request, body, self.now().timestamp())
         data = parse_json_object(body)
-        try:
-            conversion = parse_lead(data, source="api", default_region=tenant.default_phone_region,
-                                    default_currency=tenant.currency)
-        except (InputError, IdentityError) as err:
-            raise _input_error(err) from err
+        conversion = parse_lead(data, source="api", default_region=tenant.default_phone_region,
+                                default_currency=tenant.currency)
         recorded = await self.conversions.record(tenant, conversion, None, self.now())
         return _answer(recorded)
 
@@ -205,11 +193,8 @@ class Routes:
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         fields = parse_form(body, request.headers.get("Content-Type", ""))
         cookie_session = self.cookie_session(request, tenant)
-        try:
-            conversion = parse_lead(fields, source="form", default_region=tenant.default_phone_region,
-                                    default_currency=tenant.currency, session_known=cookie_session is not None)
-        except (InputError, IdentityError) as err:
-            raise _input_error(err) from err
+        conversion = parse_lead(fields, source="form", default_region=tenant.default_phone_region,
+                                default_currency=tenant.currency, session_known=cookie_session is not None)
         await self.conversions.record(tenant, conversion, cookie_session, self.now(),
                                       gpc=request.headers.get("Sec-GPC", "").strip() == "1")
         target = redirect_target(request, settings, tenant, form_redirect(fields))
@@ -222,11 +207,8 @@ class Routes:
         now = self.now()
         _verify("webhook", tenant.webhook_secret, request, body, now.timestamp())
         data = parse_json_object(body)
-        try:
-            conversion = parse_order(data, default_region=tenant.default_phone_region,
-                                     default_currency=tenant.currency, now=now)
-        except (InputError, IdentityError) as err:
-            raise _input_error(err) from err
+        conversion = parse_order(data, default_region=tenant.default_phone_region,
+                                 default_currency=tenant.currency, now=now)
         return _answer(await self.conversions.record(tenant, conversion, None, now))
 
     async def shopify(self, request: web.Request, tenant: Tenant, settings: Settings,
@@ -237,12 +219,9 @@ class Routes:
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("shopify", tenant.shopify_secret, request, body, now.timestamp())
-        try:
-            result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
-                                         default_region=tenant.default_phone_region,
-                                         default_currency=tenant.currency, now=now)
-        except (InputError, IdentityError) as err:
-            raise _input_error(err) from err
+        result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
+                                     default_region=tenant.default_phone_region,
+                                     default_currency=tenant.currency, now=now)
         return await self._adapter_answer(tenant, result, now)
 
     async def stripe(self, request: web.Request, tenant: Tenant, settings: Settings,
@@ -253,11 +232,8 @@ class Routes:
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
         _verify("stripe", tenant.stripe_secret, request, body, now.timestamp())
-        try:
-            result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,
-                                        default_currency=tenant.currency, now=now)
-        except (InputError, IdentityError) as err:
-            raise _input_error(err) from err
+        result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,
+                                    default_currency=tenant.currency, now=now)
         return await self._adapter_answer(tenant, result, now)
 
     async def _adapter_answer(self, tenant: Tenant, result: AdapterResult, now: datetime) -> web.Response:
