@@ -448,85 +448,18 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     region = r.get(label, data, "default_phone_region", str, None,
                    check=lambda v: None if REGION_RE.match(v) else "must be an ISO 3166 alpha-2 code such as CZ")
 
-    cookie = CookieSettings()
-    cdata = r.section(f"{label}.cookie", data.get("cookie"), {"name", "max_age_days", "domain"})
-    if cdata:
-        w = f"{label}.cookie"
-        cookie = CookieSettings(
-            name=r.get(w, cdata, "name", str, cookie.name,
-                       check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else "must be a cookie name"),
-            max_age_days=r.get(w, cdata, "max_age_days", int, cookie.max_age_days,
-                               check=lambda v: None if 1 <= v <= 400 else "must be between 1 and 400"),
-            domain=r.get(w, cdata, "domain", str, cookie.domain),
-        )
-
-    consent = ConsentSettings()
-    kdata = r.section(f"{label}.consent", data.get("consent"), {"unknown", "onetrust"})
-    if kdata:
-        w = f"{label}.consent"
-        unknown = r.get(w, kdata, "unknown", str, consent.unknown,
-                        check=lambda v: None if v in ("granted", "denied") else "must be 'granted' or 'denied'")
-        ot = r.section(f"{w}.onetrust", kdata.get("onetrust"), {"analytics", "marketing"}) or {}
-        consent = ConsentSettings(
-            unknown=unknown,
-            onetrust_analytics_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "analytics", list,
-                                                                  list(consent.onetrust_analytics_groups))),
-            onetrust_marketing_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "marketing", list,
-                                                                  list(consent.onetrust_marketing_groups))),
-        )
-
-    api_keys: list[ApiKey] = []
-    for i, item in enumerate(r.get(label, data, "api_keys", list, [])):
-        w = f"{label}.api_keys[{i}]"
-        kd = r.section(w, item, {"name", "sha256", "scopes"})
-        if kd is None:
-            continue
-        scopes = r.get(w, kd, "scopes", list, [], required=True)
-        bad = [s for s in scopes if s not in SCOPES]
-        if bad:
-            r.error(f"{w}.scopes", f"unknown scope(s) {bad}; known: {sorted(SCOPES)}")
-        api_keys.append(ApiKey(
-            name=r.get(w, kd, "name", str, f"key{i}", required=True),
-            sha256=r.get(w, kd, "sha256", str, "", required=True,
-                         check=lambda v: None if SHA256_RE.match(v.lower()) else "must be 64 hex characters").lower(),
-            scopes=frozenset(s for s in scopes if s in SCOPES),
-        ))
-
+    cookie = _cookie(r, label, data.get("cookie"))
+    consent = _consent(r, label, data.get("consent"))
+    api_keys = _api_keys(r, label, data)
     forwarders = _forwarders(r, f"{label}.forwarders", data.get("forwarders"))
-
-    timeouts = Timeouts()
-    tdata = r.section(f"{label}.timeouts", data.get("timeouts"), {"connect_s", "read_s"})
-    if tdata:
-        w = f"{label}.timeouts"
-        timeouts = Timeouts(connect_s=r.get(w, tdata, "connect_s", float, timeouts.connect_s, check=_positive),
-                            read_s=r.get(w, tdata, "read_s", float, timeouts.read_s, check=_positive))
-
+    timeouts = _timeouts(r, label, data.get("timeouts"))
     attribution = r.section(f"{label}.attribution", data.get("attribution"), {"lookback_days"}) or {}
     lookback = r.get(f"{label}.attribution", attribution, "lookback_days", int, base.lookback_days,
                      check=lambda v: None if 1 <= v <= 730 else "must be between 1 and 730")
-
     inject = r.section(f"{label}.inject", data.get("inject"), {"script"}) or {}
-    retention = Retention()
-    rdata = r.section(f"{label}.retention_days", data.get("retention_days"), {"sessions", "anon_events", "forwards"})
-    if rdata:
-        w = f"{label}.retention_days"
-        days = lambda v: None if 1 <= v <= 3650 else "must be between 1 and 3650"  # noqa: E731
-        retention = Retention(sessions=r.get(w, rdata, "sessions", int, retention.sessions, check=days),
-                              anon_events=r.get(w, rdata, "anon_events", int, retention.anon_events, check=days),
-                              forwards=r.get(w, rdata, "forwards", int, retention.forwards, check=days))
-    rate = RateLimit()
-    rl = r.section(f"{label}.rate_limit", data.get("rate_limit"), {"per_second", "burst"})
-    if rl:
-        w = f"{label}.rate_limit"
-        rate = RateLimit(per_second=r.get(w, rl, "per_second", float, rate.per_second, check=_positive),
-                         burst=r.get(w, rl, "burst", int, rate.burst, check=_positive))
-
-    origins = []
-    for i, origin in enumerate(r.get(label, data, "external_origins", list, [])):
-        if not isinstance(origin, str) or _https_or_http_url(origin):
-            r.error(f"{label}.external_origins[{i}]", f"'{origin}' must be an origin such as https://shop.example")
-        else:
-            origins.append(origin.rstrip("/").lower())
+    retention = _retention(r, label, data.get("retention_days"))
+    rate = _rate_limit(r, label, data.get("rate_limit"))
+    origins = _origins(r, label, data)
 
     tenant = Tenant(
         id=tid or "",
@@ -538,7 +471,7 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
         consent=consent,
         webhook_secret=r.get(label, data, "webhook_secret", str, None,
                              check=lambda v: None if len(v) >= 16 else "must be at least 16 characters"),
-        api_keys=tuple(api_keys),
+        api_keys=api_keys,
         forwarders=forwarders,
         timeouts=timeouts,
         upstream_host=r.get(label, data, "upstream_host", str, base.upstream_host,
@@ -555,6 +488,107 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
                                     check=lambda v: None if 1 <= v <= 10240 else "must be between 1 and 10240"),
     )
     return tenant if len(r.errors) == before else None
+
+
+# Tenant sections: each reads one mapping of the tenant, defaults from its dataclass.
+
+
+def _cookie(r: _Reader, label: str, raw: Any) -> CookieSettings:
+    cookie = CookieSettings()
+    cdata = r.section(f"{label}.cookie", raw, {"name", "max_age_days", "domain"})
+    if not cdata:
+        return cookie
+    w = f"{label}.cookie"
+    return CookieSettings(
+        name=r.get(w, cdata, "name", str, cookie.name,
+                   check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else "must be a cookie name"),
+        max_age_days=r.get(w, cdata, "max_age_days", int, cookie.max_age_days,
+                           check=lambda v: None if 1 <= v <= 400 else "must be between 1 and 400"),
+        domain=r.get(w, cdata, "domain", str, cookie.domain),
+    )
+
+
+def _consent(r: _Reader, label: str, raw: Any) -> ConsentSettings:
+    consent = ConsentSettings()
+    kdata = r.section(f"{label}.consent", raw, {"unknown", "onetrust"})
+    if not kdata:
+        return consent
+    w = f"{label}.consent"
+    unknown = r.get(w, kdata, "unknown", str, consent.unknown,
+                    check=lambda v: None if v in ("granted", "denied") else "must be 'granted' or 'denied'")
+    ot = r.section(f"{w}.onetrust", kdata.get("onetrust"), {"analytics", "marketing"}) or {}
+    return ConsentSettings(
+        unknown=unknown,
+        onetrust_analytics_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "analytics", list,
+                                                              list(consent.onetrust_analytics_groups))),
+        onetrust_marketing_groups=tuple(str(g) for g in r.get(f"{w}.onetrust", ot, "marketing", list,
+                                                              list(consent.onetrust_marketing_groups))),
+    )
+
+
+def _api_keys(r: _Reader, label: str, data: dict[str, Any]) -> tuple[ApiKey, ...]:
+    api_keys: list[ApiKey] = []
+    for i, item in enumerate(r.get(label, data, "api_keys", list, [])):
+        w = f"{label}.api_keys[{i}]"
+        kd = r.section(w, item, {"name", "sha256", "scopes"})
+        if kd is None:
+            continue
+        scopes = r.get(w, kd, "scopes", list, [], required=True)
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad:
+            r.error(f"{w}.scopes", f"unknown scope(s) {bad}; known: {sorted(SCOPES)}")
+        api_keys.append(ApiKey(
+            name=r.get(w, kd, "name", str, f"key{i}", required=True),
+            sha256=r.get(w, kd, "sha256", str, "", required=True,
+                         check=lambda v: None if SHA256_RE.match(v.lower()) else "must be 64 hex characters").lower(),
+            scopes=frozenset(s for s in scopes if s in SCOPES),
+        ))
+    return tuple(api_keys)
+
+
+def _timeouts(r: _Reader, label: str, raw: Any) -> Timeouts:
+    timeouts = Timeouts()
+    tdata = r.section(f"{label}.timeouts", raw, {"connect_s", "read_s"})
+    if not tdata:
+        return timeouts
+    w = f"{label}.timeouts"
+    return Timeouts(connect_s=r.get(w, tdata, "connect_s", float, timeouts.connect_s, check=_positive),
+                    read_s=r.get(w, tdata, "read_s", float, timeouts.read_s, check=_positive))
+
+
+def _retention(r: _Reader, label: str, raw: Any) -> Retention:
+    retention = Retention()
+    rdata = r.section(f"{label}.retention_days", raw, {"sessions", "anon_events", "forwards"})
+    if not rdata:
+        return retention
+    w = f"{label}.retention_days"
+
+    def days(v: int) -> str | None:
+        return None if 1 <= v <= 3650 else "must be between 1 and 3650"
+
+    return Retention(sessions=r.get(w, rdata, "sessions", int, retention.sessions, check=days),
+                     anon_events=r.get(w, rdata, "anon_events", int, retention.anon_events, check=days),
+                     forwards=r.get(w, rdata, "forwards", int, retention.forwards, check=days))
+
+
+def _rate_limit(r: _Reader, label: str, raw: Any) -> RateLimit:
+    rate = RateLimit()
+    rl = r.section(f"{label}.rate_limit", raw, {"per_second", "burst"})
+    if not rl:
+        return rate
+    w = f"{label}.rate_limit"
+    return RateLimit(per_second=r.get(w, rl, "per_second", float, rate.per_second, check=_positive),
+                     burst=r.get(w, rl, "burst", int, rate.burst, check=_positive))
+
+
+def _origins(r: _Reader, label: str, data: dict[str, Any]) -> list[str]:
+    origins = []
+    for i, origin in enumerate(r.get(label, data, "external_origins", list, [])):
+        if not isinstance(origin, str) or _https_or_http_url(origin):
+            r.error(f"{label}.external_origins[{i}]", f"'{origin}' must be an origin such as https://shop.example")
+        else:
+            origins.append(origin.rstrip("/").lower())
+    return origins
 
 
 def _forwarders(r: _Reader, where: str, raw: Any) -> Forwarders:

@@ -81,6 +81,15 @@ def tenant_with(extra: str) -> str:
      "t.yaml:tenant[shop].hosts[0]: 'shop example' is not a host name or a '*.' wildcard host"),
     (MINIMAL + MINIMAL.split("tenants:\n")[1], "t.yaml:tenant[shop].id: is used by more than one tenant"),
     ("tenants: []\n", "t.yaml:tenants: must list at least one tenant"),
+    (tenant_with("api_keys: [{name: ops, sha256: abc, scopes: [report]}]"),
+     "t.yaml:tenant[shop].api_keys[0].sha256: must be 64 hex characters"),
+    (tenant_with("api_keys: [{name: ops, sha256: " + "a" * 64 + ", scopes: [admin]}]"),
+     "t.yaml:tenant[shop].api_keys[0].scopes: unknown scope(s) ['admin']; known: ['privacy', 'report']"),
+    (tenant_with("external_origins: [shop.example]"),
+     "t.yaml:tenant[shop].external_origins[0]: 'shop.example' must be an origin such as https://shop.example"),
+    (tenant_with("attribution: {lookback_days: 0}"),
+     "t.yaml:tenant[shop].attribution.lookback_days: must be between 1 and 730"),
+    (tenant_with("consent: {onetrust: {ads: [C0004]}}"), "t.yaml:tenant[shop].consent.onetrust.ads: unknown key"),
 ])
 def test_each_mistake_is_named(text, error):
     with pytest.raises(ConfigError) as raised:
