@@ -176,14 +176,10 @@ class Routes:
         kind = media_type(request)
         if kind in FORM_TYPES:
             return await self._form_lead(request, tenant, settings, client_ip)
-        require_json(request)
-        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
-        _verify("webhook", tenant.webhook_secret, request, body, self.now().timestamp())
-        data = parse_json_object(body)
+        data, now = await self._signed_json(request, tenant, settings, "webhook", tenant.webhook_secret)
         conversion = parse_lead(data, source="api", default_region=tenant.default_phone_region,
                                 default_currency=tenant.currency)
-        recorded = await self.conversions.record(tenant, conversion, None, self.now())
-        return _answer(recorded)
+        return _answer(await self.conversions.record(tenant, conversion, None, now))
 
     async def _form_lead(self, request: web.Request, tenant: Tenant, settings: Settings,
                          client_ip: str | None) -> web.StreamResponse:
@@ -202,11 +198,7 @@ class Routes:
 
     async def order(self, request: web.Request, tenant: Tenant, settings: Settings,
                     client_ip: str | None) -> web.StreamResponse:
-        require_json(request)
-        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
-        now = self.now()
-        _verify("webhook", tenant.webhook_secret, request, body, now.timestamp())
-        data = parse_json_object(body)
+        data, now = await self._signed_json(request, tenant, settings, "webhook", tenant.webhook_secret)
         conversion = parse_order(data, default_region=tenant.default_phone_region,
                                  default_currency=tenant.currency, now=now)
         return _answer(await self.conversions.record(tenant, conversion, None, now))
@@ -215,11 +207,8 @@ class Routes:
                       client_ip: str | None) -> web.StreamResponse:
         if not tenant.shopify_secret:
             raise ApiError(404, "not_found", "Shopify webhooks are not enabled for this tenant.")
-        require_json(request)
-        body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
-        now = self.now()
-        _verify("shopify", tenant.shopify_secret, request, body, now.timestamp())
-        result = parse_shopify_order(parse_json_object(body), topic=request.headers.get("X-Shopify-Topic"),
+        data, now = await self._signed_json(request, tenant, settings, "shopify", tenant.shopify_secret)
+        result = parse_shopify_order(data, topic=request.headers.get("X-Shopify-Topic"),
                                      default_region=tenant.default_phone_region,
                                      default_currency=tenant.currency, now=now)
         return await self._adapter_answer(tenant, result, now)
@@ -228,13 +217,20 @@ class Routes:
                      client_ip: str | None) -> web.StreamResponse:
         if not tenant.stripe_secret:
             raise ApiError(404, "not_found", "Stripe webhooks are not enabled for this tenant.")
+        data, now = await self._signed_json(request, tenant, settings, "stripe", tenant.stripe_secret)
+        result = parse_stripe_event(data, default_region=tenant.default_phone_region,
+                                    default_currency=tenant.currency, now=now)
+        return await self._adapter_answer(tenant, result, now)
+
+    async def _signed_json(self, request: web.Request, tenant: Tenant, settings: Settings, kind: str,
+                           secret: str | None) -> tuple[dict[str, Any], datetime]:
+        """A server's signed JSON body: content type, bounded body, signature over the bytes as sent, then
+        the JSON object; with the time the signature was checked against."""
         require_json(request)
         body = await read_body(request, tenant.max_body_bytes, settings.server.client.body_timeout_s)
         now = self.now()
-        _verify("stripe", tenant.stripe_secret, request, body, now.timestamp())
-        result = parse_stripe_event(parse_json_object(body), default_region=tenant.default_phone_region,
-                                    default_currency=tenant.currency, now=now)
-        return await self._adapter_answer(tenant, result, now)
+        _verify(kind, secret, request, body, now.timestamp())
+        return parse_json_object(body), now
 
     async def _adapter_answer(self, tenant: Tenant, result: AdapterResult, now: datetime) -> web.Response:
         if result.conversion is None:
