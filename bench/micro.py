@@ -1,4 +1,5 @@
-"""Micro-benchmark of HaloTrack's per-request work, without sockets: `VisitTracker.observe` and the proxy's
+"""Micro-benchmark of HaloTrack's per-request work, without sockets: `VisitTracker.observe` (with the request's
+facts read as `edge.site` reads them) and the proxy's
 header copying, for the request shapes of the `bench/run.py` scenarios.
 
     .venv/bin/python bench/micro.py                  # every case, 20000 requests each
@@ -28,11 +29,13 @@ from scenarios import BROWSER_PAGE_HEADERS  # noqa: E402
 
 from halo_proxy.config import parse  # noqa: E402
 from halo_proxy.crypto import KeyRing, generate_master_secret  # noqa: E402
-from halo_proxy.edge.proxy import check_request, upstream_request_headers  # noqa: E402
+from halo_proxy.edge.admission import check_request  # noqa: E402
+from halo_proxy.edge.proxy import upstream_request_headers  # noqa: E402
+from halo_proxy.edge.site import CookieCache, visit_facts  # noqa: E402
 from halo_proxy.edge.tenancy import Client  # noqa: E402
 from halo_proxy.metrics import Metrics  # noqa: E402
+from halo_proxy.services.visits import VisitTracker  # noqa: E402
 from halo_proxy.storage.write_queue import VisitWriter  # noqa: E402
-from halo_proxy.visits import VisitTracker  # noqa: E402
 
 HOST = "bench.localhost"
 CLIENT_IP = "127.0.0.1"
@@ -84,12 +87,13 @@ def main() -> int:
 
     # A first visit through the tracker gives the returning visitor's cookie.
     first = requests(lambda i: "/page", BROWSER_PAGE_HEADERS, 1)[0]
-    set_cookies = tracker.observe(first, tenant, CLIENT_IP, False)
+    cookie_cache = CookieCache()
+    set_cookies = tracker.observe(visit_facts(first, cookie_cache), tenant, CLIENT_IP, False)
     cookie = "; ".join(c.split(";", 1)[0] for c in set_cookies)
     n = args.n
 
     def observe(request) -> object:  # type: ignore[no-untyped-def]
-        return tracker.observe(request, tenant, CLIENT_IP, False)
+        return tracker.observe(visit_facts(request, cookie_cache), tenant, CLIENT_IP, False)
 
     client = Client(CLIENT_IP, CLIENT_IP, False, False)
     the_settings = settings()

@@ -1,8 +1,11 @@
-"""The composition root: shared objects under typed keys, one cleanup context per resource, the routes.
+"""The composition root: shared objects under typed keys, one cleanup context per resource, the middlewares in
+their order, and each route family registering its own routes. Nothing imports this module but the entry points.
 
-Request flow on a tenant host:
-  1. routes under the reserved prefix are answered here and never forwarded;
-  2. everything else goes to `handle_proxied`: host -> tenant (unknown host: 421), client IP, proxy.
+Request flow on a tenant host (the middlewares, outermost first; see create_app):
+  1. admission: the trust boundary and Host -> tenant (400/421 before anything else), then the client address;
+  2. error answers: every route under the reserved prefix answers its errors as the contract's JSON;
+  3. the routes under the reserved prefix are answered here and never forwarded; everything else goes to
+     `edge.site`: tracked, then streamed from the upstream.
 """
 
 from __future__ import annotations
@@ -10,32 +13,33 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
-import orjson
 from aiohttp import web
 
 from . import config as config_mod
-from .config import ConfigError, Settings, Tenant
+from .config import ConfigError, Settings
 from .crypto import KeyRing
-from .edge.proxy import Proxy, Refusal, check_request, error_page
-from .edge.tenancy import client_address, tenant_for
+from .edge import site
+from .edge.admission import setup_client_address, setup_tenancy
+from .edge.proxy import Proxy
 from .edge.upstream import UpstreamPool
 from .forwarders.worker import DeliveryMetrics, DeliveryWorker
-from .metrics import UNKNOWN_TENANT, Metrics
-from .routes.common import call as call_route
+from .metrics import Metrics
+from .routes import conversions as conversion_routes
+from .routes import health
+from .routes.common import setup_error_answers, setup_fallback
 from .routes.conversions import RateLimits, Routes
 from .services.conversions import Conversions
+from .services.visits import Clock, VisitTracker, utc_now
 from .storage import migrations
-from .storage.db import create_pool, ping
+from .storage.db import Database, create_pool
 from .storage.errors import StorageError
 from .storage.write_queue import VisitWriter
 from .tracking.agent import warm_agent_parser
-from .visits import Clock, VisitTracker, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -49,143 +53,24 @@ class ConfigHolder:
     last_errors: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Database:
-    """The database as the app sees it: a pool, and whether the schema is known to be current."""
-
-    pool: asyncpg.Pool
-    migrated: bool = False
-
-
 CONFIG = web.AppKey("config", ConfigHolder)
 METRICS = web.AppKey("metrics", Metrics)
+CLOCK = web.AppKey("clock", object)
+KEYS = web.AppKey("keys", KeyRing)
 CLIENT = web.AppKey("client_session", aiohttp.ClientSession)
 PROXY = web.AppKey("proxy", Proxy)
-KEYS = web.AppKey("keys", KeyRing)
-CLOCK = web.AppKey("clock", object)
 DATABASE = web.AppKey("database", Database)
 WRITER = web.AppKey("visit_writer", VisitWriter)
 TRACKER = web.AppKey("visit_tracker", VisitTracker)
-ROUTES = web.AppKey("routes", Routes)
 WORKER = web.AppKey("delivery_worker", DeliveryWorker)
-
-
-def json_response(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json",
-                        headers=headers)
-
-
-def json_error(status: int, code: str, detail: str, field_name: str | None = None,
-               headers: dict[str, str] | None = None) -> web.Response:
-    payload = {"error": code, "detail": detail}
-    if field_name:
-        payload["field"] = field_name
-    return json_response(status, payload, headers)
+ROUTES = web.AppKey("routes", Routes)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Handlers.
+# Resources: one cleanup context each. aiohttp runs a context's teardown only if its setup ran, in reverse order.
 
 
-REFUSAL_TITLES = {501: "Not Implemented", 505: "HTTP Version Not Supported"}
-
-
-async def handle_proxied(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    metrics = app[METRICS]
-    settings = app[CONFIG].current
-    started = time.perf_counter()
-    checked = check_request(request, settings.server.reserved_prefix)
-    if type(checked) is Refusal:
-        metrics.bad_requests.labels(reason=checked.reason).inc()
-        metrics.count_request(UNKNOWN_TENANT, checked.status, time.perf_counter() - started)
-        refused = error_page(checked.status, REFUSAL_TITLES.get(checked.status, "Bad Request"), checked.detail)
-        refused.force_close()  # what follows on the connection cannot be trusted to be a request
-        return refused
-    tenant = settings.tenant_for_name(checked.name)  # type: ignore[union-attr]
-    if tenant is None:
-        metrics.count_request(UNKNOWN_TENANT, 421, time.perf_counter() - started)
-        return error_page(421, "Misdirected Request", "This host is not served here.")
-    metrics.in_flight.inc()
-    try:
-        client = client_address(request, settings.server.trusted_proxies)
-        tracker = app.get(TRACKER)
-        cookies: list[str] | tuple[()] = ()
-        if tracker is not None:
-            try:
-                cookies = tracker.observe(request, tenant, client.ip, client.https)
-            except Exception:  # tracking must never break the client's site: the page is served untracked
-                metrics.tracking_errors.inc()
-                log.exception("tracking failed for a request of tenant %s; serving it untracked", tenant.id)
-        response = await app[PROXY].forward(request, tenant, client,
-                                            [("Set-Cookie", value) for value in cookies])
-    finally:
-        metrics.in_flight.dec()
-    metrics.count_request(tenant.id, response.status, time.perf_counter() - started)
-    return response
-
-
-async def handle_healthz(request: web.Request) -> web.Response:
-    return json_response(200, {"status": "ok"})
-
-
-async def handle_readyz(request: web.Request) -> web.Response:
-    database = request.app.get(DATABASE)
-    if database is None:
-        return json_response(200, {"status": "ready"})
-    if database.migrated and await ping(database.pool):
-        return json_response(200, {"status": "ready"})
-    return json_error(503, "database_unavailable", "The database is not answering.",
-                      headers={"Retry-After": "5"})
-
-
-def route_tenant(request: web.Request, settings: Settings) -> Tenant | web.Response:
-    """The tenant of a request to HaloTrack's own routes, or its JSON refusal."""
-    found = tenant_for(request, settings)
-    if found == 400:
-        return json_error(400, "bad_host", "The Host header is missing, repeated or not a host name.")
-    if found == 421:
-        return json_error(421, "misdirected", "This host is not served here.")
-    return found  # type: ignore[return-value]
-
-
-async def handle_reserved_unknown(request: web.Request) -> web.Response:
-    found = route_tenant(request, request.app[CONFIG].current)
-    if isinstance(found, web.Response):
-        return found
-    return json_error(404, "not_found", f"No route {request.method} {request.path}.")
-
-
-def api_route(name: str):  # type: ignore[no-untyped-def]
-    """A handler for one of `Routes`' methods: tenant from Host, client IP, errors as the contract's JSON."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        app = request.app
-        settings = app[CONFIG].current
-        tenant = route_tenant(request, settings)
-        if isinstance(tenant, web.Response):
-            return tenant
-        routes = app.get(ROUTES)
-        if routes is None:
-            return json_error(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
-        ip = client_address(request, settings.server.trusted_proxies).ip
-        method = getattr(routes, name)
-        rejected = app[METRICS].rejected
-
-        def count(code: str) -> None:
-            rejected.labels(tenant=tenant.id, reason=code).inc()
-
-        return await call_route(lambda: method(request, tenant, settings, ip), count, request.path)
-
-    handler.__name__ = f"handle_{name}"
-    return handler
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Resources.
-
-
-async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """One upstream pool per process (keep-alive, bodies as sent), and one aiohttp session for WebSockets."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30,
                                      enable_cleanup_closed=False)
@@ -201,49 +86,67 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def storage_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # type: ignore[no-untyped-def]
-    """The pool (given, or made from `dsn`), migrations, and the background page-view writer.
+def pool_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # type: ignore[no-untyped-def]
+    """The database pool: the one given (the caller closes it), or one made from `dsn` and closed here.
 
-    A database that is down at start does not stop the proxy: pages are served, writes queue up, readyz says
-    503, and migrations are retried until they succeed.
-    """
+    min_size=0: no connection is needed to start, so a database that is down does not stop the proxy: pages are
+    served, writes queue up, readyz says 503."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        owned = pool is None
-        # min_size=0: no connection is needed to start, so a database that is down does not stop the proxy.
         the_pool = pool if pool is not None else await create_pool(dsn, min_size=0, max_size=32)
-        database = Database(the_pool, migrated=not migrate)
-        app[DATABASE] = database
-        retry: asyncio.Task[None] | None = None
-        if migrate:
-            if not await _migrate(database):
-                retry = asyncio.create_task(_migrate_until_done(database), name="halo-migrate-retry")
-        writer = VisitWriter(the_pool, app[METRICS])
-        writer.start()
-        app[WRITER] = writer
-        app[TRACKER] = VisitTracker(app[KEYS], writer, app[METRICS], app[CONFIG].current.server.reserved_prefix,
-                                    clock=app[CLOCK])  # type: ignore[arg-type]
-        keys = app[KEYS]
-        holder = app[CONFIG]
-        platforms = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
-        worker = DeliveryWorker(
-            the_pool, platforms, lambda: holder.current,
-            lambda tenant_id, blob: keys.decrypt(tenant_id, "forwards", "payload_enc", blob),
-            DeliveryMetrics(app[METRICS].registry), clock=app[CLOCK])  # type: ignore[arg-type]
-        worker.start()
-        app[WORKER] = worker
-        conversions = Conversions(the_pool, keys, writer, app[METRICS], on_created=worker.wake)
-        app[ROUTES] = Routes(conversions, keys, RateLimits(), app[CLOCK])  # type: ignore[arg-type]
+        app[DATABASE] = Database(the_pool, migrated=not migrate)
         yield
-        if retry is not None:
-            retry.cancel()
-        await worker.stop()  # sends in flight finish and are recorded
-        await platforms.close()
-        await writer.close()
-        if owned:
+        if pool is None:
             await the_pool.close()
 
     return ctx
+
+
+async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The schema brought up to date at start, or retried in the background until the database answers."""
+    database = app[DATABASE]
+    retry: asyncio.Task[None] | None = None
+    if not database.migrated and not await _migrate(database):
+        retry = asyncio.create_task(_migrate_until_done(database), name="halo-migrate-retry")
+    yield
+    if retry is not None:
+        retry.cancel()
+
+
+async def write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The page-view write queue, and the visit tracking that feeds it; closing flushes what is queued."""
+    writer = VisitWriter(app[DATABASE].pool, app[METRICS])
+    writer.start()
+    app[WRITER] = writer
+    app[TRACKER] = VisitTracker(app[KEYS], writer, app[METRICS], app[CONFIG].current.server.reserved_prefix,
+                                clock=app[CLOCK])  # type: ignore[arg-type]
+    yield
+    await writer.close()
+
+
+async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The delivery worker draining the outbox, with its own HTTP session to the ad platforms; stopping lets the
+    sends in flight finish and be recorded."""
+    keys = app[KEYS]
+    holder = app[CONFIG]
+    platforms = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+    worker = DeliveryWorker(
+        app[DATABASE].pool, platforms, lambda: holder.current,
+        lambda tenant_id, blob: keys.decrypt(tenant_id, "forwards", "payload_enc", blob),
+        DeliveryMetrics(app[METRICS].registry), clock=app[CLOCK])  # type: ignore[arg-type]
+    worker.start()
+    app[WORKER] = worker
+    yield
+    await worker.stop()
+    await platforms.close()
+
+
+async def conversions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The conversion use case and its routes' bodies (no resource of their own: nothing to tear down)."""
+    conversions = Conversions(app[DATABASE].pool, app[KEYS], app[WRITER], app[METRICS],
+                              on_created=app[WORKER].wake)
+    app[ROUTES] = Routes(conversions, app[KEYS], RateLimits(), app[CLOCK])  # type: ignore[arg-type]
+    yield
 
 
 async def _migrate(database: Database) -> bool:
@@ -263,6 +166,11 @@ async def _migrate_until_done(database: Database, every_s: float = 5.0) -> None:
         await asyncio.sleep(min(every_s * attempt, 60.0))
         if await _migrate(database):
             return
+
+
+async def _warm_parsers(app: web.Application) -> None:
+    """Compile the user-agent parser before the first visitor, not during their request."""
+    warm_agent_parser()
 
 
 async def _warm_parsers(app: web.Application) -> None:
@@ -304,7 +212,7 @@ def create_app(
 ) -> web.Application:
     """Build the app. Without `keys` and a database (`dsn` or `pool`) it is a plain proxy with no tracking."""
     client = settings.server.client
-    # aiohttp server defaults the proxy must not inherit (each tested in tests/test_boundary.py):
+    # aiohttp server defaults the proxy must not inherit (each tested in tests/edge/):
     # - auto_decompress: a gzip request body would reach the origin decoded under its original Content-Length
     #   and Content-Encoding (a smuggled second request). Bodies stay as sent; HaloTrack's own routes decode
     #   theirs, capped (routes/common.py read_body);
@@ -316,27 +224,35 @@ def create_app(
     handler_args = {"max_field_size": 16 * 1024, "auto_decompress": False,
                     "keepalive_timeout": client.idle_timeout_s, "lingering_time": min(client.body_timeout_s, 10.0)}
     app = web.Application(handler_args=handler_args, client_max_size=1024**2)
-    app[CONFIG] = ConfigHolder(settings)
-    app[METRICS] = metrics if metrics is not None else Metrics()
+    holder = ConfigHolder(settings)
+    the_metrics = metrics if metrics is not None else Metrics()
+    app[CONFIG] = holder
+    app[METRICS] = the_metrics
     app[CLOCK] = clock
-    # Cleanup contexts start in this order and stop in reverse: the upstream client, then storage.
-    app.cleanup_ctx.append(client_session_ctx)
+    prefix = settings.server.reserved_prefix  # a changed prefix takes effect at the next start
+
+    # Resources, set up in this order and torn down in reverse.
+    app.cleanup_ctx.append(upstream_ctx)
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
-        app.cleanup_ctx.append(storage_ctx(dsn, pool, migrate))
+        app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate), migrations_ctx, write_queue_ctx, delivery_ctx,
+                                conversions_ctx])
         app.on_startup.append(_warm_parsers)
 
-    prefix = settings.server.reserved_prefix
-    # Reserved routes first: they are matched before the catch-all and never reach the proxy.
-    app.router.add_get(f"{prefix}/healthz", handle_healthz, allow_head=True)
-    app.router.add_get(f"{prefix}/readyz", handle_readyz, allow_head=True)
-    app.router.add_post(f"{prefix}/identify", api_route("identify"))
-    app.router.add_post(f"{prefix}/webhook/lead", api_route("lead"))
-    app.router.add_post(f"{prefix}/webhook/order", api_route("order"))
-    app.router.add_post(f"{prefix}/webhook/shopify", api_route("shopify"))
-    app.router.add_post(f"{prefix}/webhook/stripe", api_route("stripe"))
-    app.router.add_route("*", prefix + "{tail:(/.*)?}", handle_reserved_unknown)
-    app.router.add_route("*", "/{tail:.*}", handle_proxied)
+    # Middlewares, outermost first:
+    # 1. tenancy: a request no tenant may see is refused before anything else reads it (400, 421, 501, 505);
+    # 2. client address: who sent it, believed from X-Forwarded-For only from a trusted proxy;
+    # 3. error answers: the routes' errors as the contract's JSON, counted; proxied requests pass through.
+    current: Callable[[], Settings] = lambda: holder.current  # noqa: E731
+    setup_tenancy(app, current, the_metrics, prefix)
+    setup_client_address(app, current)
+    setup_error_answers(app, the_metrics)
+
+    # Routes: those under the reserved prefix first (never forwarded), then its 404, then the site.
+    health.setup(app, prefix, lambda: app.get(DATABASE))
+    conversion_routes.setup(app, prefix, lambda: app.get(ROUTES), current)
+    setup_fallback(app, prefix)
+    site.setup(app, lambda: app[PROXY], lambda: app.get(TRACKER), the_metrics)
     return app
 
 

@@ -22,7 +22,7 @@ MODULES = sorted(ROOT.rglob("*.py"))
 PURE_THIRD_PARTY = {"user_agents", "ua_parser", "phonenumbers"}
 IO_STDLIB = {"asyncio", "logging", "socket", "sqlite3", "subprocess", "threading", "time"}
 ABOVE_STORAGE = ("halo_proxy.app", "halo_proxy.edge", "halo_proxy.server", "halo_proxy.admin", "halo_proxy.cli",
-                 "halo_proxy.routes", "halo_proxy.visits", "halo_proxy.services",
+                 "halo_proxy.routes", "halo_proxy.services",
                  "halo_proxy.forwarders", "halo_proxy.demo")
 ENTRY_POINTS = {"halo_proxy.cli", "halo_proxy.server", "halo_proxy.demo"}
 

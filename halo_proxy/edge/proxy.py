@@ -12,8 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from html import escape
-from typing import NamedTuple
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -22,9 +20,9 @@ from yarl import URL
 
 from ..config import Tenant
 from ..metrics import Metrics
-from .boundary import TRUSTED_ONLY_HEADERS, Host, reaches_prefix, underscore_alias
-from .boundary import content_length as boundary_content_length
-from .tenancy import Client, request_host
+from .admission import error_page
+from .boundary import TRUSTED_ONLY_HEADERS, underscore_alias
+from .tenancy import Client
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, parse_origin
 
 log = logging.getLogger(__name__)
@@ -48,52 +46,6 @@ _NOT_COPIED_UNTRUSTED = _NOT_COPIED | TRUSTED_ONLY_HEADERS
 VIA_TOKEN = "halotrack"
 BODYLESS_STATUS = frozenset((204, 304))
 CHUNK = 64 * 1024
-
-
-class Refusal(NamedTuple):
-    """A request refused at the trust boundary, before any tenant or upstream sees it."""
-
-    status: int
-    reason: str  # a label of halo_bad_requests_total
-    detail: str
-
-
-BAD_HOST = Refusal(400, "host", "The Host header is missing, repeated or not a host name.")
-BAD_TARGET = Refusal(400, "target", "The request target must be a path.")
-RESERVED_PATH = Refusal(400, "reserved_path", "This path is reserved.")
-BAD_LENGTH = Refusal(400, "content_length", "The Content-Length header is not valid.")
-BAD_CODING = Refusal(501, "transfer_encoding", "Only the chunked transfer coding is supported.")
-BAD_VERSION = Refusal(505, "version", "Only HTTP/1.0 and HTTP/1.1 are served on this connection.")
-_VERSIONS = ((1, 1), (1, 0))
-
-
-def check_request(request: web.Request, reserved_prefix: str) -> Host | Refusal:
-    """The request's Host, or why the request may not be forwarded: an HTTP version other than 1.0 and 1.1, a
-    Transfer-Encoding other than plain `chunked`, a bad Host, a target that is not a path
-    (absolute-form `GET http://evil/`), a path that an origin could read as one under the reserved prefix,
-    or a Content-Length that is not a plain number matching the body aiohttp framed."""
-    if request.version not in _VERSIONS:  # `GET / HTTP/2.0` over HTTP/1 would be answered as 1.1 upstream
-        return BAD_VERSION
-    host = request_host(request)
-    if host is None:
-        return BAD_HOST
-    target = request.raw_path
-    if target[:1] != "/" and not (target == "*" and request.method == "OPTIONS"):
-        return BAD_TARGET
-    query = target.find("?")
-    if reaches_prefix(target if query == -1 else target[:query], reserved_prefix):
-        return RESERVED_PATH
-    headers = request.headers
-    if "Transfer-Encoding" in headers:  # aiohttp has decoded the chunked framing; any other coding would be lost
-        codings = headers.getall("Transfer-Encoding")
-        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
-            return BAD_CODING
-    elif "Content-Length" in headers:
-        values = headers.getall("Content-Length")
-        length = boundary_content_length(values[0]) if len(values) == 1 else None
-        if length is None or (length > 0) != request.body_exists:
-            return BAD_LENGTH
-    return host
 
 
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -220,15 +172,6 @@ def _latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def error_page(status: int, title: str, detail: str) -> web.Response:
-    body = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>{status} {escape(title)}</title></head>"
-        f"<body><h1>{status} {escape(title)}</h1><p>{escape(detail)}</p></body></html>"
-    )
-    return web.Response(status=status, text=body, content_type="text/html",
-                        headers={"Cache-Control": "no-store"})
 
 
 # How each upstream failure is answered: status, title, what the visitor reads.

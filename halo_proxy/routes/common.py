@@ -1,8 +1,9 @@
 """HaloTrack's own JSON routes under the reserved prefix: the shared request handling.
 
-Every route resolves its tenant from the Host header, reads a bounded body, and answers errors as the contract's
-JSON `{"error", "detail", "field"}`. Bad input never yields a 500: a database outage is a 503 with Retry-After,
-so senders retry and nothing is lost.
+Every route reads a bounded body and answers errors as the contract's JSON `{"error", "detail", "field"}`, all
+from one place: `setup_error_answers`, the middleware behind admission. Bad input never yields a 500: a database
+outage is a 503 with Retry-After, so senders retry and nothing is lost. `setup_fallback` answers 404 for any
+other path under the prefix, which is never forwarded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import brotli
 import orjson
 from aiohttp import web
 
+from ..edge.admission import TENANT, Handler, is_forwarded
+from ..metrics import Metrics
 from ..storage.errors import StorageError, StorageUnavailable
 from ..tracking.conversion import InputError
 from ..tracking.identity import IdentityError
@@ -82,6 +85,34 @@ async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Cal
         on_error("internal_error")
         log.exception("unexpected error on %s", path)
         return ApiError(500, "internal_error", "HaloTrack could not answer this request.").response()
+
+
+def setup_error_answers(app: web.Application, metrics: Metrics) -> None:
+    """Every route under the reserved prefix answers its errors through `call`, each counted by tenant and code
+    (halo_rejected_requests_total). Proxied requests pass straight through."""
+    rejected = metrics.rejected
+
+    @web.middleware
+    async def error_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_forwarded(handler) or TENANT not in request:
+            return await handler(request)
+        tenant_id = request[TENANT].id
+
+        def count(code: str) -> None:
+            rejected.labels(tenant=tenant_id, reason=code).inc()
+
+        return await call(lambda: handler(request), count, request.path)
+
+    app.middlewares.append(error_answers)
+
+
+def setup_fallback(app: web.Application, prefix: str) -> None:
+    """Any other path under the prefix: 404, never forwarded. Register it after every route of the prefix."""
+
+    async def handle_reserved_unknown(request: web.Request) -> web.Response:
+        raise ApiError(404, "not_found", f"No route {request.method} {request.path}.")
+
+    app.router.add_route("*", prefix + "{tail:(/.*)?}", handle_reserved_unknown)
 
 
 def media_type(request: web.Request) -> str:

@@ -1,13 +1,15 @@
 """Conversion routes under the reserved prefix: identify, leads, orders, Shopify and Stripe.
 
-Each route: tenant from Host, bounded body, content type, signature or same-origin check, validation, then the
-conversion is committed before the 2xx answer. Browser-facing routes are rate limited per client IP.
+Each route: bounded body, content type, signature or same-origin check, validation, then the conversion is
+committed before the 2xx answer. Browser-facing routes are rate limited per client IP. The tenant and the client
+come from the admission middlewares; errors are answered by `common.setup_error_answers`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,13 +17,14 @@ from aiohttp import web
 
 from ..config import Settings, Tenant
 from ..crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
+from ..edge.admission import CLIENT, TENANT
 from ..edge.boundary import local_path, parse_url
 from ..ratelimit import TokenBucket, retry_after_header
 from ..services.conversions import Conversions
+from ..services.visits import Clock
 from ..tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
 from ..tracking.conversion import form_redirect, parse_lead, parse_order
 from ..tracking.identity import normalise_email, normalise_phone
-from ..visits import Clock
 from . import forms
 from .common import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
 
@@ -236,3 +239,30 @@ class Routes:
         if result.conversion is None:
             return json_ok(200, {"received": True, "ignored": result.ignored or "not a conversion"})
         return _answer(await self.conversions.record(tenant, result.conversion, None, now))
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+RouteBody = Callable[[Routes, web.Request, Tenant, Settings, "str | None"], Awaitable[web.StreamResponse]]
+
+
+def setup(app: web.Application, prefix: str, routes: Callable[[], Routes | None],
+          settings: Callable[[], Settings]) -> None:
+    """Register the conversion routes. `routes` gives the route bodies once storage has started (None without a
+    database: the routes then answer 404)."""
+
+    def handler(body: RouteBody) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            found = routes()
+            if found is None:
+                raise ApiError(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
+            return await body(found, request, request[TENANT], settings(), request[CLIENT].ip)
+
+        handle.__name__ = f"handle_{body.__name__}"
+        return handle
+
+    app.router.add_post(f"{prefix}/identify", handler(Routes.identify))
+    app.router.add_post(f"{prefix}/webhook/lead", handler(Routes.lead))
+    app.router.add_post(f"{prefix}/webhook/order", handler(Routes.order))
+    app.router.add_post(f"{prefix}/webhook/shopify", handler(Routes.shopify))
+    app.router.add_post(f"{prefix}/webhook/stripe", handler(Routes.stripe))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -13,7 +14,7 @@ import orjson
 
 from .errors import StorageError, StorageUnavailable
 
-__all__ = ["StorageError", "StorageUnavailable", "create_pool", "ping", "translate_errors"]
+__all__ = ["Database", "StorageError", "StorageUnavailable", "create_pool", "ping", "translate_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now, cancelled
     asyncpg.exceptions.TooManyConnectionsError,
 )
+
+
+@dataclass
+class Database:
+    """The database as the app sees it: a pool, and whether the schema is known to be current."""
+
+    pool: asyncpg.Pool
+    migrated: bool = False
 
 
 def _encode_jsonb(value: Any) -> bytes:

@@ -20,7 +20,16 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from halo_proxy.tracking.models import CLICK_ID_PARAMS, TOUCH_TEXT_FIELDS, Consent, Device, Geo, Touch
+from halo_proxy.tracking.models import (
+    CLICK_ID_PARAMS,
+    TOUCH_TEXT_FIELDS,
+    AnonEvent,
+    Consent,
+    Device,
+    Geo,
+    SessionWrite,
+    Touch,
+)
 
 from .db import translate_errors
 from .errors import StorageError
@@ -49,30 +58,6 @@ _CLICK_ID_ORDER = {name: i for i, name in enumerate(CLICK_ID_PARAMS)}
 
 
 # -- models -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SessionWrite:
-    """One tracked page view to record, handed over by the proxy's background writer.
-
-    `is_new`: the proxy created this session on this page view. The touch is what brought the visitor.
-    `ip_enc`, `user_agent_enc`, `fbp` and `fbc` are kept only with marketing consent: without it they are
-    dropped, and stored ones are cleared. `at` is the time of the page view (default: the touch's time).
-    """
-
-    tenant_id: str
-    session_id: UUID
-    is_new: bool
-    touch: Touch
-    device: Device
-    geo: Geo
-    consent: Consent
-    ip_hash: bytes | None = None
-    ip_enc: bytes | None = None
-    user_agent_enc: bytes | None = None
-    fbp: str | None = None
-    fbc: str | None = None
-    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,34 +90,6 @@ class SessionRecord:
     @property
     def click_id_values(self) -> dict[str, str]:
         return {name: click.value for name, click in self.click_ids.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class AnonEvent:
-    """An anonymous aggregate for consent-denied visits: `count` visits on `day` with these dimensions."""
-
-    tenant_id: str
-    day: date
-    utm_source: str | None = None
-    utm_medium: str | None = None
-    utm_campaign: str | None = None
-    referrer_domain: str | None = None
-    path: str | None = None
-    channel: str | None = None
-    count: int = 1
-
-    @property
-    def key(self) -> tuple[str, date, str, str, str, str, str, str]:
-        return (
-            self.tenant_id,
-            self.day,
-            self.utm_source or "",
-            self.utm_medium or "",
-            self.utm_campaign or "",
-            self.referrer_domain or "",
-            self.path or "",
-            self.channel or "",
-        )
 
 
 # -- visits -----------------------------------------------------------------------------------------------------

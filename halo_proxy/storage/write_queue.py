@@ -12,17 +12,14 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
-from uuid import UUID
 
 import asyncpg
 
 from ..crypto import KeyRing
 from ..metrics import Metrics
-from ..tracking.models import Consent
+from ..tracking.models import AnonEvent, ConsentUpdate, SessionWrite
 from . import sessions as session_store
 from .errors import StorageError, StorageUnavailable
-from .sessions import AnonEvent, SessionWrite
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +50,6 @@ class PendingVisit:
         return SessionWrite(tenant_id=w.tenant_id, session_id=w.session_id, is_new=w.is_new, touch=w.touch,
                             device=w.device, geo=w.geo, consent=w.consent, ip_hash=w.ip_hash, ip_enc=ip_enc,
                             user_agent_enc=ua_enc, fbp=w.fbp, fbc=w.fbc, at=w.at)
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentUpdate:
-    """A returning visitor's consent changed on a visit without campaign data."""
-
-    tenant_id: str
-    session_id: UUID
-    consent: Consent
-    at: datetime
 
 
 # Failures after which a write is kept and retried: the database is unreachable, not the data wrong.

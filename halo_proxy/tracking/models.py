@@ -6,7 +6,8 @@ Everything here is immutable and free of I/O so that it can be built in tests fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from uuid import UUID
 
 # Click-id URL parameters we keep, in the order they are stored and reported. Values are kept verbatim
 # (they are case-sensitive).
@@ -157,3 +158,68 @@ class Attribution:
     days_to_convert: int | None = None
     click_ids: tuple[tuple[str, str], ...] = ()
     touches: tuple[Touch, ...] = ()
+
+
+# -- what a page view decides to record (tracking.visit), written by storage's write queue -----------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWrite:
+    """One tracked page view to record, handed over by the proxy's background writer.
+
+    `is_new`: the proxy created this session on this page view. The touch is what brought the visitor.
+    `ip_enc`, `user_agent_enc`, `fbp` and `fbc` are kept only with marketing consent: without it they are
+    dropped, and stored ones are cleared. `at` is the time of the page view (default: the touch's time).
+    """
+
+    tenant_id: str
+    session_id: UUID
+    is_new: bool
+    touch: Touch
+    device: Device
+    geo: Geo
+    consent: Consent
+    ip_hash: bytes | None = None
+    ip_enc: bytes | None = None
+    user_agent_enc: bytes | None = None
+    fbp: str | None = None
+    fbc: str | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnonEvent:
+    """An anonymous aggregate for consent-denied visits: `count` visits on `day` with these dimensions."""
+
+    tenant_id: str
+    day: date
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    referrer_domain: str | None = None
+    path: str | None = None
+    channel: str | None = None
+    count: int = 1
+
+    @property
+    def key(self) -> tuple[str, date, str, str, str, str, str, str]:
+        return (
+            self.tenant_id,
+            self.day,
+            self.utm_source or "",
+            self.utm_medium or "",
+            self.utm_campaign or "",
+            self.referrer_domain or "",
+            self.path or "",
+            self.channel or "",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentUpdate:
+    """A returning visitor's consent changed on a visit without campaign data."""
+
+    tenant_id: str
+    session_id: UUID
+    consent: Consent
+    at: datetime

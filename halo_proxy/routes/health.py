@@ -1,0 +1,30 @@
+"""Health under the reserved prefix, on the proxy's port and for any Host: `healthz` while the process runs,
+`readyz` while the database answers and its schema is current."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ..edge.admission import tenant_free
+from ..storage.db import Database, ping
+from .common import RETRY_AFTER_DB_S, ApiError, json_ok
+
+
+def setup(app: web.Application, prefix: str, database: Callable[[], Database | None]) -> None:
+
+    @tenant_free
+    async def handle_healthz(request: web.Request) -> web.Response:
+        return json_ok(200, {"status": "ok"})
+
+    @tenant_free
+    async def handle_readyz(request: web.Request) -> web.Response:
+        found = database()
+        if found is None or (found.migrated and await ping(found.pool)):
+            return json_ok(200, {"status": "ready"})
+        return ApiError(503, "database_unavailable", "The database is not answering.",
+                        headers={"Retry-After": RETRY_AFTER_DB_S}).response()
+
+    app.router.add_get(f"{prefix}/healthz", handle_healthz, allow_head=True)
+    app.router.add_get(f"{prefix}/readyz", handle_readyz, allow_head=True)

@@ -1,0 +1,152 @@
+"""Each middleware on a bare app, in the order app.py composes them: admission (tenancy, client address) and the
+routes' error answers. The handlers here are the tests' own; the real routes are tested where they live."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from halo_proxy.config import parse
+from halo_proxy.edge.admission import (
+    CLIENT,
+    TENANT,
+    forwarded,
+    setup_client_address,
+    setup_tenancy,
+    tenant_free,
+)
+from halo_proxy.metrics import Metrics
+from halo_proxy.routes.common import ApiError, setup_error_answers, setup_fallback
+from halo_proxy.storage.errors import StorageError, StorageUnavailable
+from halo_proxy.tracking.conversion import InputError
+
+SETTINGS = parse("""
+server:
+  trusted_proxies: [127.0.0.0/8]
+tenants:
+  - id: shop
+    hosts: [shop.localhost]
+    upstream: http://127.0.0.1:9
+""", "test.yaml", {})
+
+
+def rejected(metrics: Metrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("halo_rejected_requests_total", {"tenant": "shop", "reason": reason}) or 0
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def client(aiohttp_client, metrics):
+    app = web.Application()
+    setup_tenancy(app, lambda: SETTINGS, metrics, "/_halo")
+    setup_client_address(app, lambda: SETTINGS)
+    setup_error_answers(app, metrics)
+
+    @tenant_free
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"tenant": TENANT in request})
+
+    async def who(request: web.Request) -> web.Response:
+        client = request[CLIENT]
+        return web.json_response({"tenant": request[TENANT].id, "ip": client.ip, "https": client.https})
+
+    failures = {
+        "api": ApiError(409, "duplicate", "Already recorded.", "order_id"),
+        "input": InputError("invalid_field", "value must be a number", "value"),
+        "down": StorageUnavailable("pool timeout"),
+        "storage": StorageError("constraint"),
+        "oserror": ConnectionRefusedError(),
+        "bug": ZeroDivisionError(),
+        "redirect": web.HTTPSeeOther(location="/thanks"),
+    }
+
+    async def fail(request: web.Request) -> web.Response:
+        raise failures[request.match_info["kind"]]
+
+    @forwarded
+    async def site(request: web.Request) -> web.Response:
+        return web.Response(text=f"site of {request[TENANT].id} for {request[CLIENT].ip}")
+
+    app.router.add_get("/_halo/healthz", health)
+    app.router.add_get("/_halo/who", who)
+    app.router.add_get("/_halo/fail/{kind}", fail)
+    setup_fallback(app, "/_halo")
+    app.router.add_route("*", "/{tail:.*}", site)
+    return await aiohttp_client(app)
+
+
+@pytest.mark.parametrize(("path", "host", "status", "body"), [
+    ("/_halo/who", "shop.localhost", 200, {"tenant": "shop", "ip": "127.0.0.1", "https": False}),
+    ("/_halo/who", "SHOP.localhost:8080", 200, {"tenant": "shop", "ip": "127.0.0.1", "https": False}),
+    ("/_halo/who", "other.localhost", 421, {"error": "misdirected", "detail": "This host is not served here."}),
+    ("/_halo/who", "bad host", 400, {"error": "bad_host",
+                                     "detail": "The Host header is missing, repeated or not a host name."}),
+    ("/_halo/nothing", "other.localhost", 421, {"error": "misdirected", "detail": "This host is not served here."}),
+    ("/_halo/nothing", "shop.localhost", 404, {"error": "not_found", "detail": "No route GET /_halo/nothing."}),
+    ("/_halo/healthz", "other.localhost", 200, {"tenant": False}),  # health answers for any Host
+])
+async def test_tenancy_answers_reserved_routes_in_json(client, path, host, status, body):
+    answer = await client.get(path, headers={"Host": host})
+    assert (answer.status, await answer.json()) == (status, body)
+
+
+@pytest.mark.parametrize(("host", "status", "text"), [
+    ("shop.localhost", 200, "site of shop for 127.0.0.1"),
+    ("other.localhost", 421, "This host is not served here."),
+    ("bad host", 400, "The Host header is missing, repeated or not a host name."),
+])
+async def test_tenancy_refuses_forwarded_requests_as_html_before_the_site_sees_them(client, metrics, host, status,
+                                                                                   text):
+    answer = await client.get("/page", headers={"Host": host})
+    assert answer.status == status and text in await answer.text()
+    if status == 400:
+        assert answer.headers["Connection"] == "close"
+        assert metrics.registry.get_sample_value("halo_bad_requests_total", {"reason": "host"}) == 1
+
+
+async def test_the_forwarded_route_is_found_by_the_router_not_by_reading_the_path(client):
+    # `%2F` keeps the router on the site's catch-all; the boundary refuses a path an origin may read as reserved.
+    answer = await client.get("/_halo%2Fwho", headers={"Host": "shop.localhost"})
+    assert answer.status == 400 and "reserved" in await answer.text()
+
+
+@pytest.mark.parametrize(("xff", "proto", "ip", "https"), [
+    (None, None, "127.0.0.1", False),
+    ("203.0.113.9", "https", "203.0.113.9", True),  # the peer is a trusted proxy
+])
+async def test_client_address_is_believed_from_a_trusted_proxy(client, xff, proto, ip, https):
+    headers = {"Host": "shop.localhost"}
+    if xff:
+        headers |= {"X-Forwarded-For": xff, "X-Forwarded-Proto": proto}
+    body = await (await client.get("/_halo/who", headers=headers)).json()
+    assert (body["ip"], body["https"]) == (ip, https)
+
+
+@pytest.mark.parametrize(("kind", "status", "error", "retry_after"), [
+    ("api", 409, "duplicate", None),
+    ("input", 422, "invalid_field", None),
+    ("down", 503, "database_unavailable", "5"),
+    ("oserror", 503, "database_unavailable", "5"),
+    ("storage", 503, "storage_error", "5"),
+    ("bug", 500, "internal_error", None),
+])
+async def test_error_answers_are_the_contract_s_json_and_counted(client, metrics, kind, status, error, retry_after):
+    answer = await client.get(f"/_halo/fail/{kind}", headers={"Host": "shop.localhost"})
+    body = await answer.json()
+    assert (answer.status, body["error"]) == (status, error)
+    assert answer.headers.get("Retry-After") == retry_after
+    assert rejected(metrics, error) == 1
+    if kind in ("api", "input"):
+        assert body["field"] in ("order_id", "value")
+
+
+async def test_an_http_answer_raised_by_a_route_is_not_an_error(client, metrics):
+    answer = await client.get("/_halo/fail/redirect", headers={"Host": "shop.localhost"}, allow_redirects=False)
+    assert (answer.status, answer.headers["Location"]) == (303, "/thanks")
+    assert metrics.registry.get_sample_value("halo_rejected_requests_total",
+                                             {"tenant": "shop", "reason": "internal_error"}) is None
+
