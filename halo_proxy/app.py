@@ -1,11 +1,10 @@
 """The composition root: shared objects under typed keys, one cleanup context per resource, the middlewares in
 their order, and each route family registering its own routes. Nothing imports this module but the entry points.
 
-Request flow on a tenant host (the middlewares, outermost first; see create_app):
-  1. admission: the trust boundary and Host -> tenant (400/421 before anything else), then the client address;
-  2. error answers: every route under the reserved prefix answers its errors as the contract's JSON;
-  3. the routes under the reserved prefix are answered here and never forwarded; everything else goes to
-     `edge.site`: tracked, then streamed from the upstream.
+Request flow:
+  - under the reserved prefix, a sub-application with its middlewares in one commented order (tenancy, client
+    address, error answers), each route family registering its own routes; never forwarded;
+  - everything else goes to `edge.site`: admitted (trust boundary, tenant), tracked, streamed from the upstream.
 """
 
 from __future__ import annotations
@@ -239,20 +238,24 @@ def create_app(
                                 conversions_ctx])
         app.on_startup.append(_warm_parsers)
 
-    # Middlewares, outermost first:
-    # 1. tenancy: a request no tenant may see is refused before anything else reads it (400, 421, 501, 505);
+    # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,
+    # outermost first:
+    # 1. tenancy: Host -> tenant, 400 or 421 before anything else reads the request;
     # 2. client address: who sent it, believed from X-Forwarded-For only from a trusted proxy;
-    # 3. error answers: the routes' errors as the contract's JSON, counted; proxied requests pass through.
+    # 3. error answers: every route's errors as the contract's JSON, counted.
     current: Callable[[], Settings] = lambda: holder.current  # noqa: E731
-    setup_tenancy(app, current, the_metrics, prefix)
-    setup_client_address(app, current)
-    setup_error_answers(app, the_metrics)
+    reserved = web.Application()  # the connection settings are the parent's (handler_args above)
+    setup_tenancy(reserved, current)
+    setup_client_address(reserved, current)
+    setup_error_answers(reserved, the_metrics)
+    health.setup(reserved, "", lambda: app.get(DATABASE))
+    conversion_routes.setup(reserved, "", lambda: app.get(ROUTES), current)
+    setup_fallback(reserved)  # after every route of the prefix: 404
+    app.add_subapp(prefix, reserved)
 
-    # Routes: those under the reserved prefix first (never forwarded), then its 404, then the site.
-    health.setup(app, prefix, lambda: app.get(DATABASE))
-    conversion_routes.setup(app, prefix, lambda: app.get(ROUTES), current)
-    setup_fallback(app, prefix)
-    site.setup(app, lambda: app[PROXY], lambda: app.get(TRACKER), the_metrics)
+    # Everything else is the client's site: admitted (trust boundary, tenant) by a plain call, no middleware
+    # (see edge/admission.py), tracked, forwarded.
+    site.setup(app, current, lambda: app[PROXY], lambda: app.get(TRACKER), the_metrics, prefix)
     return app
 
 

@@ -1,6 +1,7 @@
 """The client's site: every request outside the reserved prefix is tracked, then forwarded.
 
-`setup` registers the catch-all route (register it last). Its handler reads the request's plain facts
+`setup` registers the catch-all route (register it last). Its handler admits the request (`admission.admit`:
+the trust boundary, the tenant), finds its client address, reads the request's plain facts
 (`visit_facts`), asks `services.visits` for the cookies to set, and streams the upstream answer back through
 `proxy.Proxy`. Tracking never breaks the site: if it fails, the page is served untracked and the failure counted.
 """
@@ -16,11 +17,13 @@ from types import MappingProxyType
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
+from ..config import Settings, Tenant
 from ..metrics import Metrics
 from ..services.visits import VisitTracker
 from ..tracking.visit import VisitFacts
-from .admission import CLIENT, TENANT, forwarded
+from .admission import admit
 from .proxy import Proxy
+from .tenancy import client_address
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +67,17 @@ def visit_facts(request: web.Request, cookies: CookieCache) -> VisitFacts:
                       cookies.cookies(request))
 
 
-def setup(app: web.Application, proxy: Callable[[], Proxy], tracker: Callable[[], VisitTracker | None],
-          metrics: Metrics) -> None:
+def setup(app: web.Application, settings: Callable[[], Settings], proxy: Callable[[], Proxy],
+          tracker: Callable[[], VisitTracker | None], metrics: Metrics, reserved_prefix: str) -> None:
     cookie_cache = CookieCache()
 
-    @forwarded
     async def handle_proxied(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        tenant = request[TENANT]
-        client = request[CLIENT]
+        current = settings()
+        tenant = admit(request, current, metrics, reserved_prefix, started)
+        if type(tenant) is not Tenant:
+            return tenant  # type: ignore[return-value]
+        client = client_address(request, current.server.trusted_proxies)
         metrics.in_flight.inc()
         try:
             visits = tracker()

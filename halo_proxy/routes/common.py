@@ -20,7 +20,7 @@ import brotli
 import orjson
 from aiohttp import web
 
-from ..edge.admission import TENANT, Handler, is_forwarded
+from ..edge.admission import TENANT, Handler
 from ..metrics import Metrics
 from ..storage.errors import StorageError, StorageUnavailable
 from ..tracking.conversion import InputError
@@ -58,8 +58,9 @@ class ApiError(Exception):
 
 
 async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Callable[[str], None],
-               path: str) -> web.StreamResponse:
+               path: str, method: str = "") -> web.StreamResponse:
     """Run a route body: ApiError as its JSON answer, storage trouble as 503 with Retry-After, never a 500."""
+    request_line = f"{method} {path}".strip()
     try:
         return await route()
     except ApiError as err:
@@ -79,8 +80,15 @@ async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Cal
         log.error("storage error on %s: %s", path, err)
         return ApiError(503, "storage_error", "The request could not be stored; retry later.",
                         headers={"Retry-After": RETRY_AFTER_DB_S}).response()
-    except web.HTTPException:
-        raise  # a redirect (303) and the like are answers, not failures
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise  # a redirect (303) and the like are answers, not failures
+        # The router's own refusals (405 for a known path with another method) in the contract's shape.
+        code = "method_not_allowed" if err.status == 405 else "not_found" if err.status == 404 else "bad_request"
+        on_error(code)
+        allow = err.headers.get("Allow")
+        return ApiError(err.status, code, f"No route {request_line}.",
+                        headers={"Allow": allow} if allow else None).response()
     except Exception:  # a defect of HaloTrack's: still the contract's JSON shape, logged once with its cause
         on_error("internal_error")
         log.exception("unexpected error on %s", path)
@@ -89,30 +97,30 @@ async def call(route: Callable[[], Awaitable[web.StreamResponse]], on_error: Cal
 
 def setup_error_answers(app: web.Application, metrics: Metrics) -> None:
     """Every route under the reserved prefix answers its errors through `call`, each counted by tenant and code
-    (halo_rejected_requests_total). Proxied requests pass straight through."""
+    (halo_rejected_requests_total)."""
     rejected = metrics.rejected
 
     @web.middleware
     async def error_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_forwarded(handler) or TENANT not in request:
+        if TENANT not in request:  # health: nothing of a tenant's to count
             return await handler(request)
         tenant_id = request[TENANT].id
 
         def count(code: str) -> None:
             rejected.labels(tenant=tenant_id, reason=code).inc()
 
-        return await call(lambda: handler(request), count, request.path)
+        return await call(lambda: handler(request), count, request.path, request.method)
 
     app.middlewares.append(error_answers)
 
 
-def setup_fallback(app: web.Application, prefix: str) -> None:
+def setup_fallback(app: web.Application, prefix: str = "") -> None:
     """Any other path under the prefix: 404, never forwarded. Register it after every route of the prefix."""
 
     async def handle_reserved_unknown(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"No route {request.method} {request.path}.")
 
-    app.router.add_route("*", prefix + "{tail:(/.*)?}", handle_reserved_unknown)
+    app.router.add_route("*", prefix + "/{tail:.*}", handle_reserved_unknown)
 
 
 def media_type(request: web.Request) -> str:

@@ -1,5 +1,6 @@
-"""Each middleware on a bare app, in the order app.py composes them: admission (tenancy, client address) and the
-routes' error answers. The handlers here are the tests' own; the real routes are tested where they live."""
+"""Admission and the routes' error answers on a bare app shaped as app.py composes them: HaloTrack's routes in a
+sub-application under the prefix with the middlewares (tenancy, client address, error answers), and a site
+handler that admits by a plain call. The handlers are the tests' own; the real routes are tested where they live."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from halo_proxy.config import parse
 from halo_proxy.edge.admission import (
     CLIENT,
     TENANT,
-    forwarded,
+    admit,
     setup_client_address,
     setup_tenancy,
     tenant_free,
@@ -42,9 +43,10 @@ def metrics() -> Metrics:
 @pytest.fixture
 async def client(aiohttp_client, metrics):
     app = web.Application()
-    setup_tenancy(app, lambda: SETTINGS, metrics, "/_halo")
-    setup_client_address(app, lambda: SETTINGS)
-    setup_error_answers(app, metrics)
+    reserved = web.Application()
+    setup_tenancy(reserved, lambda: SETTINGS)
+    setup_client_address(reserved, lambda: SETTINGS)
+    setup_error_answers(reserved, metrics)
 
     @tenant_free
     async def health(request: web.Request) -> web.Response:
@@ -67,14 +69,17 @@ async def client(aiohttp_client, metrics):
     async def fail(request: web.Request) -> web.Response:
         raise failures[request.match_info["kind"]]
 
-    @forwarded
-    async def site(request: web.Request) -> web.Response:
-        return web.Response(text=f"site of {request[TENANT].id} for {request[CLIENT].ip}")
+    async def site(request: web.Request) -> web.StreamResponse:
+        tenant = admit(request, SETTINGS, metrics, "/_halo", 0.0)
+        if isinstance(tenant, web.StreamResponse):
+            return tenant
+        return web.Response(text=f"site of {tenant.id}")
 
-    app.router.add_get("/_halo/healthz", health)
-    app.router.add_get("/_halo/who", who)
-    app.router.add_get("/_halo/fail/{kind}", fail)
-    setup_fallback(app, "/_halo")
+    reserved.router.add_get("/healthz", health)
+    reserved.router.add_get("/who", who)
+    reserved.router.add_get("/fail/{kind}", fail)
+    setup_fallback(reserved)
+    app.add_subapp("/_halo", reserved)
     app.router.add_route("*", "/{tail:.*}", site)
     return await aiohttp_client(app)
 
@@ -95,11 +100,11 @@ async def test_tenancy_answers_reserved_routes_in_json(client, path, host, statu
 
 
 @pytest.mark.parametrize(("host", "status", "text"), [
-    ("shop.localhost", 200, "site of shop for 127.0.0.1"),
+    ("shop.localhost", 200, "site of shop"),
     ("other.localhost", 421, "This host is not served here."),
     ("bad host", 400, "The Host header is missing, repeated or not a host name."),
 ])
-async def test_tenancy_refuses_forwarded_requests_as_html_before_the_site_sees_them(client, metrics, host, status,
+async def test_admit_refuses_forwarded_requests_as_html_before_the_site_sees_them(client, metrics, host, status,
                                                                                    text):
     answer = await client.get("/page", headers={"Host": host})
     assert answer.status == status and text in await answer.text()
@@ -108,7 +113,7 @@ async def test_tenancy_refuses_forwarded_requests_as_html_before_the_site_sees_t
         assert metrics.registry.get_sample_value("halo_bad_requests_total", {"reason": "host"}) == 1
 
 
-async def test_the_forwarded_route_is_found_by_the_router_not_by_reading_the_path(client):
+async def test_a_path_the_router_gives_the_site_but_an_origin_may_read_as_reserved_is_refused(client):
     # `%2F` keeps the router on the site's catch-all; the boundary refuses a path an origin may read as reserved.
     answer = await client.get("/_halo%2Fwho", headers={"Host": "shop.localhost"})
     assert answer.status == 400 and "reserved" in await answer.text()
@@ -150,3 +155,11 @@ async def test_an_http_answer_raised_by_a_route_is_not_an_error(client, metrics)
     assert metrics.registry.get_sample_value("halo_rejected_requests_total",
                                              {"tenant": "shop", "reason": "internal_error"}) is None
 
+
+
+async def test_the_router_s_own_refusal_is_the_contract_s_json(client, metrics):
+    # The prefix itself matches no route of the sub-application: the router's 404, answered as JSON.
+    answer = await client.post("/_halo", headers={"Host": "shop.localhost"})
+    assert (answer.status, answer.content_type) == (404, "application/json")
+    assert (await answer.json())["error"] == "not_found"
+    assert rejected(metrics, "not_found") == 1
