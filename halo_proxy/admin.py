@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import UTC
 
 from .server import StartupError, load_keys, load_settings, open_database
 
@@ -115,10 +116,17 @@ def outbox_command(args) -> int:  # type: ignore[no-untyped-def]
                 return 1
             for name in ("id", "tenant_id", "conversion_id", "platform", "event_id", "status", "reason",
                          "attempts", "next_attempt_at", "locked_until", "locked_by", "last_error",
-                         "created_at", "sent_at", "updated_at"):
+                         "created_at", "sent_at", "updated_at", "send_started_at"):
                 print(f"{name:>16}: {getattr(row, name)}")
             payload = f"encrypted, {len(row.payload_enc)} bytes" if row.payload_enc else "none"
             print(f"{'payload':>16}: {payload}")
+            attempts = await outbox.attempts_for(pool, [row.id])
+            print(f"\nledger ({len(attempts)} attempt(s)):")
+            print(f"  {'#':>3}  {'at (UTC)':<19}  {'outcome':<11} {'reason':<18} {'http':>4}  {'consent':<8} detail")
+            for a in attempts:
+                consent = {True: "granted", False: "denied", None: "-"}[a.consent_marketing]
+                print(f"  {a.attempt:>3}  {a.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}  {a.outcome:<11} "
+                      f"{(a.reason or '-'):<18} {a.http_status or '-':>4}  {consent:<8} {a.detail or ''}")
             return 0
         count = await outbox.requeue(pool, args.tenant, ids=args.ids or None, status=args.status,
                                      platform=args.platform)

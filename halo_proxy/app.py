@@ -52,7 +52,23 @@ class ConfigHolder:
     last_errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Stopping:
+    """A stop in progress (SIGTERM, see server.py): readyz answers 503 once `draining`; the cleanup contexts
+    finish by `deadline` (the loop's clock) and count here what they had to abandon."""
+
+    draining: bool = False
+    deadline: float | None = None
+    abandoned: int = 0
+
+    def remaining(self, default: float | None = None) -> float | None:
+        if self.deadline is None:
+            return default
+        return max(self.deadline - asyncio.get_running_loop().time(), 0.5)
+
+
 CONFIG = web.AppKey("config", ConfigHolder)
+STOPPING = web.AppKey("stopping", Stopping)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK = web.AppKey("clock", object)
 KEYS = web.AppKey("keys", KeyRing)
@@ -136,7 +152,11 @@ async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
     worker.start()
     app[WORKER] = worker
     yield
-    await worker.stop()
+    stopping = app[STOPPING]
+    left = stopping.remaining()
+    abandoned = await worker.stop(None if left is None else max(left - 1.0, 0.5))
+    if abandoned:
+        stopping.abandoned += abs(abandoned)
     await platforms.close()
 
 
@@ -226,6 +246,7 @@ def create_app(
     holder = ConfigHolder(settings)
     the_metrics = metrics if metrics is not None else Metrics()
     app[CONFIG] = holder
+    app[STOPPING] = Stopping()
     app[METRICS] = the_metrics
     app[CLOCK] = clock
     prefix = settings.server.reserved_prefix  # a changed prefix takes effect at the next start
@@ -248,7 +269,7 @@ def create_app(
     setup_tenancy(reserved, current)
     setup_client_address(reserved, current)
     setup_error_answers(reserved, the_metrics)
-    health.setup(reserved, "", lambda: app.get(DATABASE))
+    health.setup(reserved, "", lambda: app.get(DATABASE), lambda: app[STOPPING].draining)
     conversion_routes.setup(reserved, "", lambda: app.get(ROUTES), current)
     setup_fallback(reserved)  # after every route of the prefix: 404
     app.add_subapp(prefix, reserved)

@@ -159,13 +159,23 @@ class Tenant:
 class OutboxSettings:
     """The delivery worker that every proxy process runs."""
 
-    batch: int = 500  # rows claimed per round
-    lease_s: float = 60.0  # a claimed row is someone else's to retry after this; must outlast a send
+    batch: int = 500  # rows claimed per round, per platform lane
+    concurrency: int = 4  # requests in flight at once per platform lane
+    lease_s: float = 60.0  # a claimed row is someone else's after this unless renewed; must outlast a send
     poll_s: float = 1.0  # how often an idle worker looks for due rows
     send_timeout_s: float = 10.0
     backoff_base_s: float = 5.0
     backoff_cap_s: float = 3600.0
     max_attempts: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class StopSettings:
+    """What SIGTERM does: readyz answers 503 for `drain_s` (the load balancer stops sending), then the listener
+    closes, requests in flight finish and the delivery worker stops, all within `timeout_s`."""
+
+    drain_s: float = 2.0
+    timeout_s: float = 25.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,7 @@ class ServerSettings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     client: ClientSettings = field(default_factory=ClientSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    stop: StopSettings = field(default_factory=StopSettings)
 
 
 @dataclass(frozen=True)
@@ -362,9 +373,11 @@ def _timezone(value: str) -> str | None:
 # Sections.
 
 _TOP_KEYS = {"server", "tenants"}
-_SERVER_KEYS = {"reserved_prefix", "trusted_proxies", "client", "outbox"}
+_SERVER_KEYS = {"reserved_prefix", "trusted_proxies", "client", "outbox", "stop"}
+_STOP_KEYS = {"drain_s", "timeout_s"}
 _CLIENT_KEYS = {"header_timeout_s", "idle_timeout_s", "body_timeout_s", "max_connections"}
-_OUTBOX_KEYS = {"batch", "lease_s", "poll_s", "send_timeout_s", "backoff_base_s", "backoff_cap_s", "max_attempts"}
+_OUTBOX_KEYS = {"batch", "concurrency", "lease_s", "poll_s", "send_timeout_s", "backoff_base_s", "backoff_cap_s",
+                "max_attempts"}
 _TENANT_KEYS = {
     "id", "hosts", "upstream", "currency", "default_phone_region", "cookie", "consent", "webhook_secret",
     "api_keys", "forwarders", "timeouts", "upstream_host", "timezone", "attribution", "shopify_secret",
@@ -394,6 +407,8 @@ def _server(r: _Reader, raw: Any) -> ServerSettings:
         outbox = OutboxSettings(
             batch=r.get(w, odata, "batch", int, d.batch, check=lambda v: None if 1 <= v <= 5000
                         else "must be between 1 and 5000"),
+            concurrency=r.get(w, odata, "concurrency", int, d.concurrency, check=lambda v: None if 1 <= v <= 64
+                              else "must be between 1 and 64"),
             lease_s=r.get(w, odata, "lease_s", float, d.lease_s, check=_positive),
             poll_s=r.get(w, odata, "poll_s", float, d.poll_s, check=_positive),
             send_timeout_s=r.get(w, odata, "send_timeout_s", float, d.send_timeout_s, check=_positive),
@@ -415,7 +430,21 @@ def _server(r: _Reader, raw: Any) -> ServerSettings:
             max_connections=r.get(w, cdata, "max_connections", int, d.max_connections,
                                   check=lambda v: None if 1 <= v <= 1_000_000 else "must be between 1 and 1000000"),
         )
-    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), client=client, outbox=outbox)
+    stop = StopSettings()
+    sdata = r.section("server.stop", data.get("stop"), _STOP_KEYS)
+    if sdata:
+        w = "server.stop"
+        d = StopSettings()
+        stop = StopSettings(
+            drain_s=r.get(w, sdata, "drain_s", float, d.drain_s,
+                          check=lambda v: None if 0 <= v <= 300 else "must be between 0 and 300"),
+            timeout_s=r.get(w, sdata, "timeout_s", float, d.timeout_s,
+                            check=lambda v: None if 1 <= v <= 3600 else "must be between 1 and 3600"),
+        )
+        if stop.timeout_s <= stop.drain_s:
+            r.error("server.stop.timeout_s", "must be longer than drain_s, or nothing in flight can finish")
+    return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), client=client, outbox=outbox,
+                          stop=stop)
 
 
 # A tenant with every default, read for the defaults of the keys `_tenant` validates (never written twice).

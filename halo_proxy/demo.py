@@ -61,6 +61,8 @@ def create_demo_site() -> web.Application:
 
 def demo_config(site_port: int, webhook_secret: str) -> str:
     return f"""# Written by `halo-proxy demo`; edit config/tenants.yaml for real tenants.
+server:
+  stop: {{drain_s: 0}}  # no load balancer in front of the demo: Ctrl+C stops at once
 tenants:
   - id: demo
     hosts: [localhost, "*.localhost", 127.0.0.1]

@@ -75,6 +75,14 @@ class Metrics:
         self.forward_skips = Counter(
             "halo_forward_skips_total", "Forwards not sent because of the consent gate, by reason.",
             ["tenant", "platform", "reason"], registry=r)
+        # Counters with closed label sets are present from the start, at zero, so that an alert can be written
+        # on them before their first increment.
+        for kind in ("visit", "anon", "invalid"):
+            self.lost_writes.labels(kind=kind)
+        for kind in ("header", "idle", "body"):
+            self.connection_timeouts.labels(kind=kind)
+        for outcome in ("ok", "error"):
+            self.config_reloads.labels(outcome=outcome)
         # Children of labelled metrics used on every request, looked up once per label set. Label values come
         # from closed sets (tenant ids, status classes, reasons), so these stay small.
         self._status_children: dict[tuple[str, int], Counter] = {}

@@ -1,8 +1,9 @@
 """Process model: one worker in-process, or a supervisor with N workers sharing the port (SO_REUSEPORT among
 themselves only: a second proxy on the same port fails with a clear message).
 
-Signals: SIGHUP reloads the tenant file (a bad file keeps the old config); SIGTERM and SIGINT drain in-flight
-requests, then exit 0. With several workers the supervisor forwards signals, restarts a worker that dies,
+Signals: SIGHUP reloads the tenant file (a bad file keeps the old config); SIGTERM and SIGINT stop within
+`server.stop.timeout_s`: readyz answers 503 for `server.stop.drain_s`, the listener closes, requests in flight and
+the sends in flight finish; exit 0, or 3 when forwards had to be released unsent (another process sends them). With several workers the supervisor forwards signals, restarts a worker that dies,
 and serves /metrics aggregated over all workers (prometheus_client's multiprocess mode).
 """
 
@@ -19,11 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 30.0
+DRAIN_SECONDS = 30.0  # a worker that has not started yet is given this long to stop
 FLUSH_SECONDS = 5.0
+EXIT_ABANDONED = 3  # the stop had to leave work undone (forwards released unsent)
 SECRET_FILE = "secret.key"
 
 
@@ -134,13 +137,14 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
                      sock: socket.socket | None = None) -> int:
     from aiohttp import web
 
-    from .app import METRICS, create_metrics_app, reload_config
+    from .app import METRICS, STOPPING, create_metrics_app, reload_config
     from .edge.connections import ListenerRunner, self_check
 
     self_check()
     metrics = app[METRICS]
+    stop_cfg = settings.server.stop
     runner = ListenerRunner(app, client=settings.server.client, metrics=metrics, access_log=None,
-                            handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
+                            handle_signals=False, shutdown_timeout=request_drain_s(stop_cfg))
     await runner.setup()
     runners = [runner]
     try:
@@ -168,18 +172,35 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     if ready is not None:
         ready.set()
     await stop.wait()
-    # Draining is bounded by DRAIN_SECONDS; a repeated SIGTERM must not cut it short mid-response.
+    # The stop is bounded by server.stop.timeout_s; a repeated SIGTERM must not cut it short mid-response.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
-    log.info("halo-proxy pid %d draining", os.getpid())
+    stopping = app[STOPPING]
+    stopping.deadline = loop.time() + stop_cfg.timeout_s
+    stopping.draining = True  # readyz: 503 from now on, while the listener still accepts
+    log.info("halo-proxy pid %d stopping: readyz 503 for %.1f s, then the listener closes", os.getpid(),
+             stop_cfg.drain_s)
+    if stop_cfg.drain_s:
+        await asyncio.sleep(stop_cfg.drain_s)
     transports = [conn.transport for conn in (runner.server.connections if runner.server is not None else ())
                   if conn.transport is not None]
     for r in reversed(runners):
-        await r.cleanup()
+        await r.cleanup()  # listener closed, requests in flight finished, then the cleanup contexts
     # A finished response may still sit in a socket's write buffer; closing the loop now would cut it short.
-    await _flushed(transports, FLUSH_SECONDS)
+    await _flushed(transports, min(FLUSH_SECONDS, stopping.remaining(FLUSH_SECONDS) or FLUSH_SECONDS))
+    if stopping.abandoned:
+        log.error("halo-proxy pid %d stopped with %d forward(s) unsent (released for another process)",
+                  os.getpid(), stopping.abandoned)
+        return EXIT_ABANDONED
     return 0
+
+
+def request_drain_s(stop) -> float:  # type: ignore[no-untyped-def]
+    """How long requests in flight may take to finish once the listener closed: what the stop's limit leaves
+    after the drain delay, less a share kept for the delivery worker's stop."""
+    left = stop.timeout_s - stop.drain_s
+    return max(left - min(10.0, left / 3), 0.5)
 
 
 def _pending_bytes(transport: asyncio.BaseTransport) -> int:
@@ -309,13 +330,13 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
             shutil.rmtree(metrics_dir, ignore_errors=True)
             return 1
     try:
-        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping))
+        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, config_path))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,  # type: ignore[no-untyped-def]
-                           stopping: threading.Event) -> int:
+                           stopping: threading.Event, config_path: str) -> int:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess as prom_mp
@@ -360,15 +381,48 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 log.error("worker %d exited with %s; starting a new one", pid, proc.exitcode)
                 del procs[pid]
                 prom_mp.mark_process_dead(pid)
+                await release_dead_worker(pid)
                 await asyncio.to_thread(start_one, proc.slot)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
     forward(signal.SIGTERM)
-    for proc in list(procs.values()):
-        await asyncio.to_thread(proc.join, DRAIN_SECONDS + 5)
+    settings = load_settings(config_path)
+    limit = (settings.server.stop.timeout_s if settings is not None else DRAIN_SECONDS) + 5
+    deadline = time.monotonic() + limit
+    code = 0
+    for pid, proc in list(procs.items()):
+        await asyncio.to_thread(proc.join, max(deadline - time.monotonic(), 0.1))
         if proc.is_alive():
+            log.error("worker %d did not stop within %.0f s; killed", pid, limit)
             proc.kill()
+            await asyncio.to_thread(proc.join, 5)
+            await release_dead_worker(pid)
+            code = EXIT_ABANDONED
+        elif proc.exitcode:
+            code = EXIT_ABANDONED if proc.exitcode == EXIT_ABANDONED else (code or 1)
     if runner is not None:
         await runner.cleanup()
-    return 0
+    return code
+
+
+async def release_dead_worker(pid: int) -> None:
+    """A worker died: give its leased forwards back at once rather than when their lease runs out."""
+    import asyncpg
+
+    from .storage import outbox
+
+    dsn = os.environ.get("HALO_DATABASE_URL")
+    if not dsn:
+        return
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            released = await outbox.release_process(conn, socket.gethostname(), pid, datetime.now(UTC))
+        finally:
+            await conn.close()
+    except Exception as err:  # noqa: BLE001 - the leases then run out on their own
+        log.warning("could not release the forwards of worker %d (%s)", pid, type(err).__name__)
+        return
+    if released:
+        log.warning("released %d forward(s) leased by worker %d", len(released), pid)

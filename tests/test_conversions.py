@@ -72,7 +72,7 @@ def sign(body: bytes, t: int, secret: str = SECRET) -> str:
 
 @pytest.fixture
 async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards")
+    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, forward_attempts")
     return db_pool
 
 

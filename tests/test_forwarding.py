@@ -21,10 +21,12 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from halo_proxy.app import WORKER, create_app
+from halo_proxy.app import CLIENT, CONFIG, METRICS, WORKER, create_app
 from halo_proxy.config import parse
 from halo_proxy.crypto import KeyRing
+from halo_proxy.forwarders.worker import DeliveryMetrics, DeliveryWorker
 from halo_proxy.metrics import Metrics
 from halo_proxy.storage import outbox
 from tests.fakes.platforms import (
@@ -58,11 +60,13 @@ class Clock:
         return self.now
 
 
-def tenant_yaml(upstream_port: int, fakes: dict, *, outbox_extra: str = "") -> str:
+def tenant_yaml(upstream_port: int, fakes: dict, *, outbox_extra: str = "", send_timeout: float = 1,
+                lease: float = 3, stop: str = "{drain_s: 0}") -> str:
     meta, ga4, gads, tiktok = fakes["meta"], fakes["ga4"], fakes["google_ads"], fakes["tiktok"]
     return f"""
 server:
-  outbox: {{poll_s: 0.05, send_timeout_s: 1, lease_s: 3, backoff_base_s: 1, backoff_cap_s: 10{outbox_extra}}}
+  outbox: {{poll_s: 0.05, send_timeout_s: {send_timeout}, lease_s: {lease}, backoff_base_s: 1, backoff_cap_s: 10{outbox_extra}}}
+  stop: {stop}
 tenants:
   - id: shop
     hosts: [{HOST}]
@@ -313,31 +317,38 @@ async def test_stop_finishes_the_send_in_flight(aiohttp_server, upstream, fakes,
 # Processes.
 
 
-async def start_proxy(tmp_path, upstream, fakes, database, name: str) -> ProxyProcess:
+async def start_proxy(tmp_path, upstream, fakes, database, name: str, *, workers: int = 1,
+                      **yaml: object) -> ProxyProcess:
     config = tmp_path / f"{name}.yaml"
-    config.write_text(tenant_yaml(upstream.port, fakes))
-    return await ProxyProcess(config, env={"HALO_DATABASE_URL": database.dsn}).start(HOST)
+    config.write_text(tenant_yaml(upstream.port, fakes, **yaml))  # type: ignore[arg-type]
+    return await ProxyProcess(config, workers=workers, env={"HALO_DATABASE_URL": database.dsn}).start(HOST)
 
 
 async def test_sigkill_between_send_and_update_resends_with_the_same_event_id(tmp_path, upstream, fakes, database,
                                                                             clean, http):
     fakes["meta"].set_mode(HANG)
-    first = await start_proxy(tmp_path, upstream, fakes, database, "first")
+    fakes["ga4"].set_mode(HANG)
+    first = await start_proxy(tmp_path, upstream, fakes, database, "first", send_timeout=30, lease=31)
     try:
         cookie = await land(http, first.base, "utm_source=facebook&utm_medium=cpc&fbclid=kill")
         status, _ = await lead(http, first.base, {"email": "k@example.com", "session_id": cookie},
                                datetime.now(UTC))
         assert status == 201
         await fakes["meta"].wait_for_exchanges(1, within=10)
-        first.signal(signal.SIGKILL)  # the platform has the event; the database does not know it was sent
+        await fakes["ga4"].wait_for_exchanges(1, within=10)
+        first.signal(signal.SIGKILL)  # the platforms have the event; the database does not know it was sent
         assert await first.stop() == -signal.SIGKILL
     finally:
         if first.proc.poll() is None:
             first.proc.kill()
     sent_once = fakes["meta"].exchanges[0].body["data"][0]["event_id"]
     row = await wait_meta(clean, lambda r: r.status == "pending")
-    fakes["meta"].set_mode(OK)
-    fakes["meta"]._release.set()  # noqa: SLF001 - let the orphaned request finish
+    for name in ("meta", "ga4"):
+        fakes[name].set_mode(OK)
+        fakes[name]._release.set()  # noqa: SLF001 - let the orphaned request finish
+    # The killed process's leases (31 s) are not waited for here: the second process is a new one, so its rows
+    # come back when the lease runs out; under a supervisor they come back at once (see below).
+    await clean.execute("UPDATE forwards SET locked_until = now() WHERE status = 'pending'")
     second = await start_proxy(tmp_path, upstream, fakes, database, "second")
     try:
         await fakes["meta"].wait_for_events(1, within=15)
@@ -349,6 +360,12 @@ async def test_sigkill_between_send_and_update_resends_with_the_same_event_id(tm
     assert row.attempts == 2
     counts = await outbox.count_by_status(clean)
     assert counts == {"sent": 4}, counts  # none lost
+    # GA4 has no dedup key for a lead: the one request that may have arrived is not sent again.
+    assert len(fakes["ga4"].exchanges) == 1
+    ga4 = [r for r in await outbox.list_forwards(clean, "sent", "shop", 10) if r.platform == "ga4"][0]
+    assert ga4.reason == "unconfirmed"
+    ledger = await outbox.attempts_for(clean, [ga4.id])
+    assert [a.outcome for a in ledger] == ["unconfirmed"]
     for name in ("tiktok",):  # at least once, always under the same event id
         assert {e["event_id"] for e in fakes[name].events} == {sent_once}
 
@@ -404,3 +421,152 @@ async def test_outbox_commands_list_show_and_requeue_dead_letters(site, http, fa
     registry = site.app[WORKER].metrics.depth._metrics  # noqa: SLF001 - read the gauge children directly
     assert all(child._value.get() == 0 for child in registry.values())  # noqa: SLF001
     assert cli("show", "999999").returncode == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lanes, leases, stops and the ledger.
+
+
+async def app_with(aiohttp_server, upstream, fakes, pool, clock, **yaml: object):  # type: ignore[no-untyped-def]
+    settings = parse(tenant_yaml(upstream.port, fakes, **yaml), "t.yaml", {})  # type: ignore[arg-type]
+    return await aiohttp_server(create_app(settings, Metrics(), keys=KEYS, pool=pool, migrate=False, clock=clock))
+
+
+def bulk(i: int, tag: str) -> dict:
+    return {"email": f"{tag}{i}@example.com", "consent_marketing": True}
+
+
+async def test_a_hanging_platform_delays_only_its_own_lane(aiohttp_server, upstream, fakes, clean, clock, http):
+    server = await app_with(aiohttp_server, upstream, fakes, clean, clock, send_timeout=30, lease=31)
+    fakes["tiktok"].set_mode(HANG)
+    await lead(http, base_of(server), bulk(0, "hang"), clock.now)
+    await fakes["tiktok"].wait_for_exchanges(1)  # TikTok's lane now waits on a request that does not answer
+    for i in range(1, 6):
+        assert (await lead(http, base_of(server), bulk(i, "hang"), clock.now))[0] == 201
+    for name in ("meta", "ga4"):
+        events = await fakes[name].wait_for_events(6)  # while TikTok's first request still hangs
+        assert len(events) == 6
+    assert len(fakes["tiktok"].exchanges) == 1
+    released = await server.app[WORKER].stop(timeout_s=0.2)  # a stop that cannot wait for TikTok
+    assert released == 1
+    pending = [r for r in await outbox.list_forwards(clean, "pending", "shop", 50) if r.platform == "tiktok"]
+    assert len(pending) == 6 and all(r.locked_by is None for r in pending)
+    in_flight = [r for r in pending if r.in_doubt]
+    assert len(in_flight) == 1  # the one whose request left: a platform that deduplicates gets it again
+    assert [a.outcome for a in await outbox.attempts_for(clean, [in_flight[0].id])] == ["released"]
+
+
+async def test_429_pauses_only_that_platform_for_that_tenant(site, http, fakes, clean, clock):
+    fakes["meta"].retry_after_s = 30
+    fakes["meta"].answer(RATE_LIMITED, then=OK)
+    await lead(http, base_of(site), bulk(1, "rl"), clock.now)
+    await wait_meta(clean, lambda r: r.reason in ("http_429", "meta_throttled"))
+    await lead(http, base_of(site), bulk(2, "rl"), clock.now)
+    await fakes["ga4"].wait_for_events(2)  # the other platforms go on
+    await fakes["tiktok"].wait_for_events(2)
+    await site.app[WORKER].run_once()
+    assert len(fakes["meta"].exchanges) == 1  # the second lead waits with the first: Meta asked for 30 s
+    second = [r for r in await outbox.list_forwards(clean, "pending", "shop", 50) if r.platform == "meta"]
+    assert len(second) == 2 and {r.attempts for r in second} == {0, 1}  # the second was never even claimed
+    clock.now += timedelta(seconds=31)
+    site.app[WORKER].wake()
+    await fakes["meta"].wait_for_events(2)
+    assert {e["event_id"] for e in fakes["meta"].events} == {r.event_id for r in second}
+
+
+def second_worker(site, pool, clock, worker_id: str) -> DeliveryWorker:  # type: ignore[no-untyped-def]
+    holder = site.app[CONFIG]
+    return DeliveryWorker(pool, site.app[CLIENT], lambda: holder.current,
+                          lambda tenant_id, blob: KEYS.decrypt(tenant_id, "forwards", "payload_enc", blob),
+                          DeliveryMetrics(CollectorRegistry()), clock=clock, worker_id=worker_id)
+
+
+async def test_rows_waiting_behind_a_slow_send_are_never_sent_twice(aiohttp_server, upstream, fakes, clean, clock,
+                                                                   http):
+    server = await app_with(aiohttp_server, upstream, fakes, clean, clock, outbox_extra=", concurrency: 1")
+    await server.app[WORKER].stop()  # the two workers below are driven by hand
+    for i in range(3):
+        await lead(http, base_of(server), bulk(i, "slow"), clock.now)
+    fakes["ga4"].answer(HANG, then=OK)
+    a = second_worker(server, clean, clock, "host:1:a")
+    b = second_worker(server, clean, clock, "host:2:b")
+    round_a = asyncio.create_task(a.run_lane_once("ga4"))  # claims all three, sends one at a time
+    await fakes["ga4"].wait_for_exchanges(1)
+    # A stalls past every lease it holds (as if its heartbeat had stopped): B takes the three rows over.
+    clock.now += timedelta(seconds=a.lease_s + 1)
+    assert await b.run_lane_once("ga4") == 3
+    fakes["ga4"]._release.set()  # noqa: SLF001 - A's first request ends at last (504)
+    assert await round_a == 3
+    # The row A was sending may have arrived: GA4 has no dedup key for a lead, so B did not send it again; and A
+    # sent none of the rows it no longer held.
+    assert len(fakes["ga4"].exchanges) == 3 and len(fakes["ga4"].accepted) == 2
+    rows = sorted((r for r in await outbox.list_forwards(clean, None, "shop", 50) if r.platform == "ga4"),
+                  key=lambda r: r.id)
+    assert [(r.status, r.reason, r.locked_by) for r in rows] == [("sent", "unconfirmed", None), ("sent", None, None),
+                                                                 ("sent", None, None)]
+
+
+async def test_a_supervisor_gives_a_killed_worker_s_rows_back_at_once(tmp_path, upstream, fakes, database, clean,
+                                                                      http):
+    fakes["meta"].set_mode(HANG)
+    proxy = await start_proxy(tmp_path, upstream, fakes, database, "sup", workers=2, send_timeout=20, lease=60)
+    try:
+        assert (await lead(http, proxy.base, bulk(1, "sup"), datetime.now(UTC)))[0] == 201
+        await fakes["meta"].wait_for_exchanges(1, within=10)
+        row = await wait_meta(clean, lambda r: r.locked_by is not None)
+        fakes["meta"].set_mode(OK)
+        os.kill(int(row.locked_by.split(":")[1]), signal.SIGKILL)  # the worker holding the row, mid-send
+        # Its lease runs for 60 s more; the supervisor releases the row as soon as it sees the worker die.
+        await fakes["meta"].wait_for_events(1, within=20)
+        row = await wait_meta(clean, lambda r: r.status == "sent", within=10)
+        assert row.attempts == 2 and fakes["meta"].events[0]["event_id"] == row.event_id
+    finally:
+        fakes["meta"]._release.set()  # noqa: SLF001
+        await proxy.stop()
+
+
+async def test_sigterm_with_a_hanging_platform_is_bounded_and_says_what_it_left(tmp_path, upstream, fakes,
+                                                                              database, clean, http):
+    fakes["tiktok"].set_mode(HANG)
+    proxy = await start_proxy(tmp_path, upstream, fakes, database, "stop", send_timeout=30, lease=31,
+                              stop="{drain_s: 1, timeout_s: 3}")
+    try:
+        assert (await lead(http, proxy.base, bulk(1, "term"), datetime.now(UTC)))[0] == 201
+        await fakes["tiktok"].wait_for_exchanges(1, within=10)
+        proxy.signal(signal.SIGTERM)
+        answers = []
+        while not answers or answers[-1][0] == 200:  # until the process has seen the signal
+            async with http.get(f"{proxy.base}/_halo/readyz", headers={"Host": HOST}) as resp:
+                answers.append((resp.status, await resp.json()))
+        # The load balancer is told first, while the listener still accepts.
+        assert answers[-1] == (503, {"error": "stopping", "detail": "This process is stopping; send requests elsewhere."})
+        code = await proxy.stop()
+    finally:
+        fakes["tiktok"]._release.set()  # noqa: SLF001
+    assert code == 3, proxy.log()  # work was abandoned: not a clean exit
+    assert "unsent" in proxy.log()
+    row = [r for r in await outbox.list_forwards(clean, "pending", "shop", 10) if r.platform == "tiktok"][0]
+    assert row.locked_by is None  # released: the next process takes it at once
+    assert [a.outcome for a in await outbox.attempts_for(clean, [row.id])] == ["released"]
+    assert await outbox.count_by_status(clean) == {"sent": 3, "pending": 1}
+
+
+async def test_every_attempt_is_in_the_ledger_with_its_consent(site, http, fakes, clean, clock):
+    fakes["meta"].answer(TRANSIENT, then=OK)
+    await lead(http, base_of(site), bulk(1, "led"), clock.now)
+    row = await wait_meta(clean, lambda r: r.reason == "meta_transient")
+    clock.now = row.next_attempt_at + timedelta(seconds=1)
+    site.app[WORKER].wake()
+    row = await wait_meta(clean, lambda r: r.status == "sent")
+    ledger = await outbox.attempts_for(clean, [row.id])
+    assert [(a.attempt, a.outcome, a.reason) for a in ledger] == [(1, "retry", "meta_transient"), (2, "sent", "ok")]
+    assert all(a.consent_marketing is True and a.platform == "meta" and a.worker for a in ledger)
+
+
+async def test_outbox_gauges_and_counters_are_present_from_the_start(site):
+    registry = site.app[WORKER].metrics.depth._metrics  # noqa: SLF001
+    assert set(registry) == {(p,) for p in ("meta", "ga4", "google_ads", "tiktok")}
+    text = generate_latest(site.app[METRICS].registry).decode()
+    for line in ('halo_forwards_sent_total{platform="ga4"} 0.0', 'halo_storage_lost_writes_total{kind="visit"} 0.0',
+                 'halo_forwards_released_total{platform="meta"} 0.0'):
+        assert line in text, line

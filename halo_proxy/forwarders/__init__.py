@@ -2,7 +2,9 @@
 
 One module per platform (`meta`, `ga4`, `google_ads`, `tiktok`), each with the same surface: ``MAX_BATCH``,
 ``MAX_AGE``, ``check(event, now)``, ``batches(events)``, ``build_request(settings, events)``,
-``classify(status, headers, body)`` and ``async send(session, settings, events, timeout)``. `PLATFORMS` maps
+``classify(status, headers, body)``, ``async send(session, settings, events, timeout)`` and
+``deduplicates(event)`` (whether the platform drops a second copy of this event, so that a send that may have
+arrived can safely be sent again). `PLATFORMS` maps
 the tenant YAML's forwarder names to them.
 """
 

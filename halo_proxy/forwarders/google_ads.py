@@ -37,7 +37,7 @@ from . import normalize as n
 from .models import GOOGLE_STATUSES, ForwardEvent, SendResult, too_old
 from .transport import http_result, parse_json, post_json, retry_after, scrub
 
-__all__ = ["MAX_AGE", "MAX_BATCH", "MAX_USER_IDENTIFIERS", "ad_identifiers", "batches", "build_request", "check",
+__all__ = ["MAX_AGE", "MAX_BATCH", "MAX_USER_IDENTIFIERS", "ad_identifiers", "batches", "build_request", "check", "deduplicates",
            "classify", "event_payload", "rfc3339", "send", "user_identifiers"]
 
 MAX_BATCH = 2000
@@ -112,6 +112,11 @@ def event_payload(event: ForwardEvent) -> dict[str, Any]:
     if consent:
         payload["consent"] = consent
     return payload
+
+
+def deduplicates(event: ForwardEvent) -> bool:
+    """Google Ads keeps one conversion per `transactionId` (the order id, else the event id) and action."""
+    return True
 
 
 def check(event: ForwardEvent, now: datetime) -> SendResult | None:

@@ -30,7 +30,7 @@ from . import normalize as n
 from .models import ForwardEvent, SendResult, too_old
 from .transport import http_result, parse_json, post_json, retry_after, scrub
 
-__all__ = ["MAX_AGE", "MAX_BATCH", "batches", "build_request", "check", "classify", "event_payload", "fbc_for",
+__all__ = ["MAX_AGE", "MAX_BATCH", "batches", "build_request", "check", "deduplicates", "classify", "event_payload", "fbc_for",
            "send", "user_data"]
 
 MAX_BATCH = 1000
@@ -110,6 +110,11 @@ def event_payload(event: ForwardEvent) -> dict[str, Any]:
 
 
 _MATCH_KEYS = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "client_user_agent")
+
+
+def deduplicates(event: ForwardEvent) -> bool:
+    """Meta drops a second event with the same `event_id` and `event_name` (within 48 hours of the first)."""
+    return True
 
 
 def check(event: ForwardEvent, now: datetime) -> SendResult | None:

@@ -46,7 +46,7 @@ REASONS = frozenset(
         # success
         "ok", "partial",
         # transport and HTTP status
-        "timeout", "network", "http_408", "http_429", "http_5xx", "http_4xx", "http_other",
+        "timeout", "network", "connect", "http_408", "http_429", "http_5xx", "http_4xx", "http_other",
         "auth", "bad_response",
         # decided before sending
         "invalid", "too_old", "no_identifiers",

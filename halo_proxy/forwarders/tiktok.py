@@ -31,7 +31,7 @@ from . import normalize as n
 from .models import ForwardEvent, SendResult, too_old
 from .transport import http_result, parse_json, post_json, retry_after, scrub
 
-__all__ = ["MAX_AGE", "MAX_BATCH", "batches", "build_request", "check", "classify", "event_payload", "send"]
+__all__ = ["MAX_AGE", "MAX_BATCH", "batches", "build_request", "check", "deduplicates", "classify", "event_payload", "send"]
 
 MAX_BATCH = 1000
 MAX_AGE = timedelta(days=7)
@@ -79,6 +79,11 @@ def event_payload(event: ForwardEvent) -> dict[str, Any]:
     if properties:
         payload["properties"] = properties
     return payload
+
+
+def deduplicates(event: ForwardEvent) -> bool:
+    """TikTok drops a second event with the same `event_id` (within 48 hours)."""
+    return True
 
 
 def check(event: ForwardEvent, now: datetime) -> SendResult | None:

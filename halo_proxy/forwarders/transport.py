@@ -118,7 +118,9 @@ async def post_json(
     """Sends a `build_request` tuple with the injected session and classifies the answer.
 
     The whole exchange (connect, send, read) is bounded by `timeout` seconds. Timeouts and connection errors
-    become ``retry``; their detail names only the error type, never the URL (which may carry a token).
+    become ``retry``: ``connect`` when no connection was made (the request cannot have arrived), ``timeout`` or
+    ``network`` when it may have; their detail names only the error type, never the URL (which may carry a
+    token).
     """
     method, url, headers, body = request
     raw = orjson.dumps(body)
@@ -136,5 +138,7 @@ async def post_json(
             return classify(response.status, response.headers, raw)
     except TimeoutError:
         return SendResult("retry", "timeout", detail=f"no answer within {timeout:g} s")
+    except aiohttp.ClientConnectorError as err:  # no connection was made: the request cannot have arrived
+        return SendResult("retry", "connect", detail=f"could not connect ({type(err).__name__})")
     except aiohttp.ClientError as err:
         return SendResult("retry", "network", detail=f"connection failed ({type(err).__name__})")

@@ -1,5 +1,6 @@
 """Health under the reserved prefix, on the proxy's port and for any Host: `healthz` while the process runs,
-`readyz` while the database answers and its schema is current."""
+`readyz` while the database answers, its schema is current and the process is not stopping (from SIGTERM on it
+answers 503, so that a load balancer sends no more traffic before the listener closes)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from ..storage.db import Database, ping
 from .common import RETRY_AFTER_DB_S, ApiError, json_ok
 
 
-def setup(app: web.Application, prefix: str, database: Callable[[], Database | None]) -> None:
+def setup(app: web.Application, prefix: str, database: Callable[[], Database | None],
+          draining: Callable[[], bool] = lambda: False) -> None:
 
     @tenant_free
     async def handle_healthz(request: web.Request) -> web.Response:
@@ -20,6 +22,9 @@ def setup(app: web.Application, prefix: str, database: Callable[[], Database | N
 
     @tenant_free
     async def handle_readyz(request: web.Request) -> web.Response:
+        if draining():
+            return ApiError(503, "stopping", "This process is stopping; send requests elsewhere.",
+                            headers={"Retry-After": RETRY_AFTER_DB_S, "Connection": "close"}).response()
         found = database()
         if found is None or (found.migrated and await ping(found.pool)):
             return json_ok(200, {"status": "ready"})

@@ -28,10 +28,14 @@ import asyncpg
 from .db import translate_errors
 
 __all__ = [
+    "ATTEMPT_OUTCOMES",
     "FORWARD_STATUSES",
     "PLATFORMS",
+    "Attempt",
     "ForwardRow",
     "ForwardWrite",
+    "attempts_for",
+    "begin_send",
     "cancel_for_conversions",
     "claim",
     "count_by_status",
@@ -45,6 +49,10 @@ __all__ = [
     "mark_skipped",
     "oldest_pending_age",
     "purge_finished",
+    "record_attempts",
+    "release",
+    "release_process",
+    "renew_leases",
     "requeue",
 ]
 
@@ -98,11 +106,17 @@ class ForwardRow:
     created_at: datetime
     sent_at: datetime | None
     updated_at: datetime
+    send_started_at: datetime | None = None  # a send began and no outcome was recorded since (see begin_send)
+
+    @property
+    def in_doubt(self) -> bool:
+        """An earlier send of this row may have reached the platform: it began, and nothing recorded its end."""
+        return self.send_started_at is not None
 
 
 _COLUMNS = (
     "id, tenant_id, conversion_id, platform, event_id, status, reason, attempts, next_attempt_at, "
-    "locked_until, locked_by, last_error, payload_enc, created_at, sent_at, updated_at"
+    "locked_until, locked_by, last_error, payload_enc, created_at, sent_at, updated_at, send_started_at"
 )
 
 
@@ -142,7 +156,8 @@ RETURNING {columns}
 """
 _CLAIM_ANY = _CLAIM.format(platform="", order="next_attempt_at, id", columns=_COLUMNS)
 _CLAIM_PLATFORM = _CLAIM.format(
-    platform="AND platform = $5", order="platform, next_attempt_at, id", columns=_COLUMNS
+    platform="AND platform = $5 AND NOT (tenant_id = ANY($6::text[]))", order="platform, next_attempt_at, id",
+    columns=_COLUMNS,
 )
 
 
@@ -154,10 +169,12 @@ async def claim(
     now: datetime,
     *,
     platform: str | None = None,
+    exclude_tenants: Sequence[str] = (),
 ) -> list[ForwardRow]:
-    """Lease up to `limit` due pending rows (of one platform when given) to `worker_id` until
-    `now + lease_s`, counting an attempt on each; oldest due first. No lock outlives this call: the lease is
-    the claim. Rows whose lease expired (a killed worker) are due again."""
+    """Lease up to `limit` due pending rows (of one platform when given, then not of `exclude_tenants`: those a
+    platform asked to wait) to `worker_id` until `now + lease_s`, counting an attempt on each; oldest due first.
+    No lock outlives this call: the lease is the claim. Rows whose lease expired (a killed worker) are due
+    again."""
     if limit <= 0:
         return []
     if lease_s <= 0:
@@ -168,7 +185,7 @@ async def claim(
         if platform is None:
             rows = await db.fetch(_CLAIM_ANY, now, until, worker_id, limit)
         else:
-            rows = await db.fetch(_CLAIM_PLATFORM, now, until, worker_id, limit, platform)
+            rows = await db.fetch(_CLAIM_PLATFORM, now, until, worker_id, limit, platform, list(exclude_tenants))
     return sorted((_row(r) for r in rows), key=lambda r: (r.next_attempt_at, r.id))
 
 
@@ -177,17 +194,72 @@ async def claim(
 _LEASED = "id = ANY($1::bigint[]) AND status = 'pending' AND locked_by = $2"
 
 
-async def mark_sent(db: Executor, ids: int | Sequence[int], worker_id: str, now: datetime) -> int:
-    """The platform accepted these rows: sent. Only rows still pending and leased by `worker_id` change
-    (an expired lease nobody took over still counts: the send happened). Returns how many changed."""
+async def begin_send(db: Executor, ids: Sequence[int], worker_id: str, until: datetime, now: datetime) -> set[int]:
+    """Just before these rows' request leaves: renew their lease to `until` (it must outlast the send) and mark
+    the send begun. Returns the ids still leased by `worker_id`: only those may be sent."""
+    with translate_errors():
+        rows = await db.fetch(
+            f"""UPDATE forwards SET locked_until = greatest(locked_until, $3), send_started_at = $4, updated_at = $4
+                WHERE {_LEASED} RETURNING id""",
+            _ids(ids),
+            worker_id,
+            until,
+            now,
+        )
+    return {r["id"] for r in rows}
+
+
+async def release_process(db: Executor, host: str, pid: int, now: datetime) -> list[ForwardRow]:
+    """`release` for every worker of a process that died (ids `<host>:<pid>:...`, see the delivery worker)."""
+    with translate_errors():
+        rows = await db.fetch(
+            f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
+                WHERE status = 'pending' AND locked_by LIKE $1 RETURNING {_COLUMNS}""",
+            f"{host}:{pid}:%",
+            now,
+        )
+    return [_row(r) for r in rows]
+
+
+async def renew_leases(db: Executor, worker_id: str, until: datetime) -> int:
+    """The worker's heartbeat: every pending row it holds stays its own until `until`. Returns how many."""
     with translate_errors():
         status = await db.execute(
-            f"""UPDATE forwards SET status = 'sent', sent_at = $3, updated_at = $3,
-                    locked_until = NULL, locked_by = NULL, reason = NULL, last_error = NULL
+            """UPDATE forwards SET locked_until = greatest(locked_until, $2)
+               WHERE status = 'pending' AND locked_by = $1""",
+            worker_id,
+            until,
+        )
+    return _count(status)
+
+
+async def release(db: Executor, worker_id: str, now: datetime) -> list[ForwardRow]:
+    """Give up every pending row `worker_id` holds (a stop that cannot wait, a worker that died): due at once
+    for any other worker. Returns the rows released."""
+    with translate_errors():
+        rows = await db.fetch(
+            f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
+                WHERE status = 'pending' AND locked_by = $1 RETURNING {_COLUMNS}""",
+            worker_id,
+            now,
+        )
+    return [_row(r) for r in rows]
+
+
+async def mark_sent(db: Executor, ids: int | Sequence[int], worker_id: str, now: datetime, *,
+                    reason: str | None = None) -> int:
+    """The platform accepted these rows: sent (`reason` "unconfirmed": may have arrived, not sent again). Only
+    rows still pending and leased by `worker_id` change (an expired lease nobody took over still counts: the send
+    happened). Returns how many changed."""
+    with translate_errors():
+        status = await db.execute(
+            f"""UPDATE forwards SET status = 'sent', sent_at = $3, updated_at = $3, send_started_at = NULL,
+                    locked_until = NULL, locked_by = NULL, reason = $4, last_error = NULL
                 WHERE {_LEASED}""",
             _ids(ids),
             worker_id,
             now,
+            reason,
         )
     return _count(status)
 
@@ -206,7 +278,7 @@ async def mark_retry(
     error (and a short `reason` label) for operators. Returns how many rows changed."""
     with translate_errors():
         status = await db.execute(
-            f"""UPDATE forwards SET next_attempt_at = $3, last_error = $4, reason = $5,
+            f"""UPDATE forwards SET next_attempt_at = $3, last_error = $4, reason = $5, send_started_at = NULL,
                     locked_until = NULL, locked_by = NULL, updated_at = coalesce($6, now())
                 WHERE {_LEASED}""",
             _ids(ids),
@@ -230,7 +302,7 @@ async def _finish(
 ) -> int:
     with translate_errors():
         status = await db.execute(
-            f"""UPDATE forwards SET status = $3, reason = $4, last_error = $5,
+            f"""UPDATE forwards SET status = $3, reason = $4, last_error = $5, send_started_at = NULL,
                     locked_until = NULL, locked_by = NULL, updated_at = coalesce($6, now())
                 WHERE {_LEASED}""",
             _ids(ids),
@@ -381,7 +453,8 @@ async def list_forwards(
     *,
     platform: str | None = None,
 ) -> list[ForwardRow]:
-    """Rows with `status` (None: any), of one tenant (None: all) and platform, newest first."""
+    """Rows with `status` (None: any), of one tenant (None: all) and platform: dead letters first, then pending
+    rows oldest first, then the others newest first."""
     sql, args = _list_query(status, tenant_id, platform, limit)
     with translate_errors():
         rows = await db.fetch(sql, *args)
@@ -401,7 +474,10 @@ def _list_query(
         conditions.append("status = $2")
     _filters(conditions, args, tenant_id=tenant_id, platform=platform)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT {_COLUMNS} FROM forwards {where} ORDER BY id DESC LIMIT $1", args
+    # What needs attention first: dead letters, then pending rows oldest first, then the rest newest first.
+    order = ("CASE status WHEN 'dead' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END, "
+             "CASE WHEN status IN ('dead', 'pending') THEN created_at END, id DESC")
+    return f"SELECT {_COLUMNS} FROM forwards {where} ORDER BY {order} LIMIT $1", args
 
 
 _FOR_CONVERSIONS = f"""
@@ -446,3 +522,56 @@ async def count_by_status(db: Executor, tenant_id: str | None = None) -> dict[st
             tenant_id,
         )
     return {r["status"]: r["n"] for r in rows}
+
+
+# -- the ledger ---------------------------------------------------------------------------------------------------
+
+ATTEMPT_OUTCOMES: tuple[str, ...] = ("sent", "retry", "dead", "unconfirmed", "released")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt to deliver a forward, as the ledger keeps it."""
+
+    forward_id: int
+    tenant_id: str
+    platform: str
+    attempt: int
+    at: datetime
+    outcome: str  # ATTEMPT_OUTCOMES
+    reason: str | None = None
+    detail: str | None = None
+    http_status: int | None = None
+    consent_marketing: bool | None = None
+    worker: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome not in ATTEMPT_OUTCOMES:
+            raise ValueError(f"outcome must be one of {ATTEMPT_OUTCOMES}, not {self.outcome!r}")
+
+
+_ATTEMPT_COLUMNS = ("forward_id, tenant_id, platform, attempt, at, outcome, reason, detail, http_status, "
+                    "consent_marketing, worker")
+
+
+async def record_attempts(db: Executor, attempts: Sequence[Attempt]) -> None:
+    """Add these attempts to the ledger."""
+    if not attempts:
+        return
+    with translate_errors():
+        await db.executemany(
+            f"INSERT INTO forward_attempts ({_ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [(a.forward_id, a.tenant_id, a.platform, a.attempt, a.at, a.outcome, a.reason, a.detail, a.http_status,
+              a.consent_marketing, a.worker) for a in attempts],
+        )
+
+
+async def attempts_for(db: Executor, forward_ids: Sequence[int]) -> list[Attempt]:
+    """The ledger of these forwards, oldest attempt first."""
+    with translate_errors():
+        rows = await db.fetch(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM forward_attempts WHERE forward_id = ANY($1::bigint[]) "
+            "ORDER BY forward_id, id",
+            list(forward_ids),
+        )
+    return [Attempt(**dict(r)) for r in rows]

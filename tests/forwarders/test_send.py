@@ -85,14 +85,15 @@ async def test_wait_for_events(platform, session, make_event):
     assert len(events) == 2
 
 
-async def test_refused_connection_is_a_network_retry(session, make_event, aiohttp_server):
+async def test_refused_connection_is_a_connect_retry(session, make_event, aiohttp_server):
+    """No connection was made, so the request cannot have arrived: safe to resend on every platform."""
     platform = await start_platform("meta", aiohttp_server)
     with socket.socket() as sock:  # a loopback port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     settings = replace(platform.settings, base_url=f"http://127.0.0.1:{port}")
     result = await platform.module.send(session, settings, [make_event()], timeout=5)
-    assert (result.outcome, result.reason) == ("retry", "network")
+    assert (result.outcome, result.reason) == ("retry", "connect")
     assert platform.settings.access_token not in result.detail
 
 

@@ -35,7 +35,7 @@ async def generic_plan(conn: asyncpg.Connection, sql: str) -> list[dict[str, Any
 
 # Enough rows, spread over tenants, for the planner to cost plans as in production (statistics from ANALYZE).
 _SEED = """
-TRUNCATE sessions, touches, identities, conversions, forwards;
+TRUNCATE sessions, touches, identities, conversions, forwards, forward_attempts;
 INSERT INTO sessions (tenant_id, id, created_at, updated_at, ft_channel, ft_landing_path, ft_at,
                       lt_channel, lt_landing_path, lt_at, consent_analytics, consent_marketing,
                       ip_enc, user_agent_enc)

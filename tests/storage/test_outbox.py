@@ -28,7 +28,7 @@ def at(seconds: float) -> datetime:
 @pytest.fixture(autouse=True)
 async def empty_outbox(db_pool: asyncpg.Pool) -> None:
     """Claims see every tenant's rows: each test starts from an empty outbox."""
-    await db_pool.execute("TRUNCATE forwards, conversions")
+    await db_pool.execute("TRUNCATE forward_attempts, forwards, conversions")
 
 
 async def add(
