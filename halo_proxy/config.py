@@ -160,7 +160,7 @@ class OutboxSettings:
     """The delivery worker that every proxy process runs."""
 
     batch: int = 500  # rows claimed per round, per platform lane
-    concurrency: int = 4  # requests in flight at once per platform lane
+    concurrency: int = 16  # requests in flight at once per platform lane
     lease_s: float = 60.0  # a claimed row is someone else's after this unless renewed; must outlast a send
     poll_s: float = 1.0  # how often an idle worker looks for due rows
     send_timeout_s: float = 10.0

@@ -302,9 +302,9 @@ class DeliveryWorker:
         self.metrics.attempts.labels(platform=platform, outcome=result.outcome, reason=result.reason).inc()
         now = self.clock()
         if result.outcome == "ok":
-            await outbox.mark_sent(self.pool, [r.id for r in rows], self.worker_id, now)
+            await outbox.mark_sent(self.pool, [r.id for r in rows], self.worker_id, now,
+                                   ledger=self._ledger("sent", rows, events, result, now))
             self.metrics.sent.labels(platform=platform).inc(len(rows))
-            await self._record(self._attempts(platform, rows, events, "sent", result, now))
             return
         if result.outcome == "permanent" and len(events) > 1:
             # One bad event makes Meta, Data Manager and TikTok refuse the whole batch: find it alone.
@@ -331,20 +331,22 @@ class DeliveryWorker:
         attempts = max(r.attempts for r in rows)
         delay = backoff(attempts, result.retry_after, self.cfg, self.rng)
         await outbox.mark_retry(self.pool, [r.id for r in rows], self.worker_id, now + timedelta(seconds=delay),
-                                result.detail, reason=result.reason, now=now)
-        await self._record(self._attempts(platform, rows, events, "retry", result, now))
+                                result.detail, reason=result.reason, now=now,
+                                ledger=self._ledger("retry", rows, events, result, now))
         log.info("%s: %d event(s) to retry in %.0f s (%s)", platform, len(rows), delay, result.reason)
 
-    def _attempts(self, platform: str, rows: Sequence[ForwardRow], events: Sequence[ForwardEvent] | None,
-                  outcome: str, result: SendResult | None, now: datetime, reason: str | None = None,
-                  detail: str | None = None) -> list[outbox.Attempt]:
-        consents = [e.ad_user_data for e in events] if events is not None else [None] * len(rows)
-        return [outbox.Attempt(
-            row.id, row.tenant_id, platform, row.attempts, now, outcome,
-            reason if reason is not None else (result.reason if result else None),
-            (detail if detail is not None else (result.detail if result else None)) or None,
-            result.status if result else None, consent, self.worker_id,
-        ) for row, consent in zip(rows, consents, strict=True)]
+    def _ledger(self, outcome: str, rows: Sequence[ForwardRow], events: Sequence[ForwardEvent] | None,
+                result: SendResult | None, now: datetime, reason: str | None = None,
+                detail: str | None = None) -> outbox.Ledger:
+        """The ledger entry written with an outcome (`outbox.Ledger`: same statement, rows that changed)."""
+        consents = ({r.id: e.ad_user_data for r, e in zip(rows, events, strict=True)} if events is not None
+                    else None)
+        return outbox.Ledger(
+            at=now, outcome=outcome,
+            reason=reason if reason is not None else (result.reason if result else None),
+            detail=(detail if detail is not None else (result.detail if result else None)) or None,
+            http_status=result.status if result else None, worker=self.worker_id, consents=consents,
+        )
 
     async def _record(self, attempts: list[outbox.Attempt]) -> None:
         """The ledger is a record, not a gate: a failure to write it is logged, the outcome stands."""
@@ -356,18 +358,18 @@ class DeliveryWorker:
     async def _unconfirmed(self, platform: str, pairs: Sequence[tuple[ForwardRow, ForwardEvent]], detail: str) -> None:
         rows = [r for r, _ in pairs]
         now = self.clock()
-        await outbox.mark_sent(self.pool, [r.id for r in rows], self.worker_id, now, reason="unconfirmed")
+        await outbox.mark_sent(self.pool, [r.id for r in rows], self.worker_id, now, reason="unconfirmed",
+                               ledger=self._ledger("unconfirmed", rows, [e for _, e in pairs], None, now,
+                                                   reason="unconfirmed", detail=detail))
         self.metrics.unconfirmed.labels(platform=platform).inc(len(rows))
-        await self._record(self._attempts(platform, rows, [e for _, e in pairs], "unconfirmed", None, now,
-                                          reason="unconfirmed", detail=detail))
         log.warning("%s: %d event(s) not sent again: %s", platform, len(rows), detail)
 
     async def _dead(self, platform: str, rows: Sequence[ForwardRow], reason: str, detail: str | None,
                     events: Sequence[ForwardEvent] | None = None, result: SendResult | None = None) -> None:
         now = self.clock()
-        await outbox.mark_dead(self.pool, [r.id for r in rows], self.worker_id, reason, detail, now=now)
+        await outbox.mark_dead(self.pool, [r.id for r in rows], self.worker_id, reason, detail, now=now,
+                               ledger=self._ledger("dead", rows, events, result, now, reason=reason, detail=detail))
         self.metrics.dead.labels(platform=platform, reason=reason).inc(len(rows))
-        await self._record(self._attempts(platform, rows, events, "dead", result, now, reason=reason, detail=detail))
         log.warning("%s: %d event(s) dead-lettered (%s)", platform, len(rows), reason)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "PLATFORMS",
     "Attempt",
     "ForwardRow",
+    "Ledger",
     "ForwardWrite",
     "attempts_for",
     "begin_send",
@@ -246,22 +247,54 @@ async def release(db: Executor, worker_id: str, now: datetime) -> list[ForwardRo
     return [_row(r) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The ledger entry an outcome writes in the same statement, for each row it changes (see `Attempt`).
+    `consents` gives each row's marketing consent by id."""
+
+    at: datetime
+    outcome: str
+    reason: str | None = None
+    detail: str | None = None
+    http_status: int | None = None
+    worker: str | None = None
+    consents: dict[int, bool | None] | None = None
+
+
+async def _outcome(db: Executor, update: str, ids: int | Sequence[int], params: list[Any],
+                   ledger: Ledger | None) -> int:
+    """Run `update` (its $1 the ids, $2 the worker), and with a `ledger` add one attempt per row it changed, in
+    one statement: the ledger holds exactly the outcomes that took effect."""
+    id_list = _ids(ids)
+    with translate_errors():
+        if ledger is None:
+            return _count(await db.execute(update, id_list, *params))
+        if ledger.outcome not in ATTEMPT_OUTCOMES:
+            raise ValueError(f"outcome must be one of {ATTEMPT_OUTCOMES}, not {ledger.outcome!r}")
+        n = 1 + len(params)
+        consents = [(ledger.consents or {}).get(i) for i in id_list]
+        sql = f"""WITH done AS ({update} RETURNING id, tenant_id, platform, attempts)
+            INSERT INTO forward_attempts ({_ATTEMPT_COLUMNS})
+            SELECT d.id, d.tenant_id, d.platform, d.attempts, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}, ${n + 5},
+                   c.consent, ${n + 6}
+            FROM done d LEFT JOIN unnest($1::bigint[], ${n + 7}::boolean[]) AS c(id, consent) ON c.id = d.id"""
+        status = await db.execute(sql, id_list, *params, ledger.at, ledger.outcome, ledger.reason, ledger.detail,
+                                  ledger.http_status, ledger.worker, consents)
+    return _count(status)
+
+
 async def mark_sent(db: Executor, ids: int | Sequence[int], worker_id: str, now: datetime, *,
-                    reason: str | None = None) -> int:
+                    reason: str | None = None, ledger: Ledger | None = None) -> int:
     """The platform accepted these rows: sent (`reason` "unconfirmed": may have arrived, not sent again). Only
     rows still pending and leased by `worker_id` change (an expired lease nobody took over still counts: the send
     happened). Returns how many changed."""
-    with translate_errors():
-        status = await db.execute(
-            f"""UPDATE forwards SET status = 'sent', sent_at = $3, updated_at = $3, send_started_at = NULL,
-                    locked_until = NULL, locked_by = NULL, reason = $4, last_error = NULL
-                WHERE {_LEASED}""",
-            _ids(ids),
-            worker_id,
-            now,
-            reason,
-        )
-    return _count(status)
+    return await _outcome(
+        db,
+        f"""UPDATE forwards SET status = 'sent', sent_at = $3, updated_at = $3, send_started_at = NULL,
+                locked_until = NULL, locked_by = NULL, reason = $4, last_error = NULL
+            WHERE {_LEASED}""",
+        ids, [worker_id, now, reason], ledger,
+    )
 
 
 async def mark_retry(
@@ -273,22 +306,17 @@ async def mark_retry(
     *,
     reason: str | None = None,
     now: datetime | None = None,
+    ledger: Ledger | None = None,
 ) -> int:
     """A transient failure: release the lease and make the rows due again at `next_attempt_at`, keeping the
     error (and a short `reason` label) for operators. Returns how many rows changed."""
-    with translate_errors():
-        status = await db.execute(
-            f"""UPDATE forwards SET next_attempt_at = $3, last_error = $4, reason = $5, send_started_at = NULL,
-                    locked_until = NULL, locked_by = NULL, updated_at = coalesce($6, now())
-                WHERE {_LEASED}""",
-            _ids(ids),
-            worker_id,
-            next_attempt_at,
-            error,
-            reason,
-            now,
-        )
-    return _count(status)
+    return await _outcome(
+        db,
+        f"""UPDATE forwards SET next_attempt_at = $3, last_error = $4, reason = $5, send_started_at = NULL,
+                locked_until = NULL, locked_by = NULL, updated_at = coalesce($6::timestamptz, now())
+            WHERE {_LEASED}""",
+        ids, [worker_id, next_attempt_at, error, reason, now], ledger,
+    )
 
 
 async def _finish(
@@ -299,20 +327,15 @@ async def _finish(
     reason: str,
     error: str | None,
     now: datetime | None,
+    ledger: Ledger | None = None,
 ) -> int:
-    with translate_errors():
-        status = await db.execute(
-            f"""UPDATE forwards SET status = $3, reason = $4, last_error = $5, send_started_at = NULL,
-                    locked_until = NULL, locked_by = NULL, updated_at = coalesce($6, now())
-                WHERE {_LEASED}""",
-            _ids(ids),
-            worker_id,
-            new_status,
-            reason,
-            error,
-            now,
-        )
-    return _count(status)
+    return await _outcome(
+        db,
+        f"""UPDATE forwards SET status = $3, reason = $4, last_error = $5, send_started_at = NULL,
+                locked_until = NULL, locked_by = NULL, updated_at = coalesce($6::timestamptz, now())
+            WHERE {_LEASED}""",
+        ids, [worker_id, new_status, reason, error, now], ledger,
+    )
 
 
 async def mark_dead(
@@ -323,9 +346,10 @@ async def mark_dead(
     error: str | None = None,
     *,
     now: datetime | None = None,
+    ledger: Ledger | None = None,
 ) -> int:
     """A permanent failure (or too many attempts, or too old to send): dead letter with the reason."""
-    return await _finish(db, ids, worker_id, "dead", reason, error, now)
+    return await _finish(db, ids, worker_id, "dead", reason, error, now, ledger)
 
 
 async def mark_skipped(
