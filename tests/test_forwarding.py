@@ -409,6 +409,7 @@ async def test_outbox_commands_list_show_and_requeue_dead_letters(site, http, fa
     assert listed.returncode == 0 and "tiktok" in listed.stdout and "1 row(s)" in listed.stdout
     shown = cli("show", str(dead[0].id))
     assert shown.returncode == 0 and "40001" in shown.stdout and "encrypted" in shown.stdout
+    assert "ledger (1 attempt(s))" in shown.stdout and " dead " in shown.stdout and "granted" in shown.stdout
     assert "cli@example.com" not in shown.stdout
     fakes["tiktok"].set_mode(OK)
     retried = cli("retry", str(dead[0].id))
@@ -561,6 +562,17 @@ async def test_every_attempt_is_in_the_ledger_with_its_consent(site, http, fakes
     ledger = await outbox.attempts_for(clean, [row.id])
     assert [(a.attempt, a.outcome, a.reason) for a in ledger] == [(1, "retry", "meta_transient"), (2, "sent", "ok")]
     assert all(a.consent_marketing is True and a.platform == "meta" and a.worker for a in ledger)
+
+
+async def test_the_outbox_depth_follows_the_table_without_being_asked(site, http, fakes, clean, clock):
+    fakes["meta"].set_mode(HANG)
+    await lead(http, base_of(site), bulk(1, "gauge"), clock.now)
+    gauge = site.app[WORKER].metrics.depth.labels(platform="meta")
+    deadline = time.monotonic() + 10
+    while gauge._value.get() != 1:  # noqa: SLF001 - refreshed by the worker every GAUGE_EVERY_S
+        assert time.monotonic() < deadline, "the outbox depth was never refreshed"
+        await asyncio.sleep(0.1)
+    fakes["meta"]._release.set()  # noqa: SLF001
 
 
 async def test_outbox_gauges_and_counters_are_present_from_the_start(site):

@@ -304,3 +304,36 @@ async def test_outbox_queries_use_indexes(planner: asyncpg.Connection) -> None: 
             await assert_indexed(planner, sql, indexes)
         except AssertionError as err:
             raise AssertionError(f"{name}: {err}") from None
+
+
+async def test_list_shows_dead_letters_then_the_oldest_pending_then_the_rest(db_pool: asyncpg.Pool) -> None:
+    old = await add(db_pool, created_at=at(-300))
+    new = await add(db_pool, created_at=at(-10))
+    dead = await add(db_pool, created_at=at(-5))
+    done = await add(db_pool, created_at=at(-100))
+    rows = await outbox.claim(db_pool, "w", 10, LEASE_S, T0)
+    by_conversion = {r.conversion_id: r.id for r in rows}
+    await outbox.mark_dead(db_pool, by_conversion[dead[0]], "w", "auth", now=T0)
+    await outbox.mark_sent(db_pool, by_conversion[done[0]], "w", T0)
+    await outbox.mark_retry(db_pool, [by_conversion[old[0]], by_conversion[new[0]]], "w", at(5), "later", now=T0)
+    listed = [r.conversion_id for r in await outbox.list_forwards(db_pool, None, "acme")]
+    assert listed == [dead[0], old[0], new[0], done[0]]
+
+
+async def test_an_outcome_writes_its_ledger_entry_only_for_the_rows_it_changed(db_pool: asyncpg.Pool) -> None:
+    ids = await forward_ids(db_pool, await add(db_pool, 2))
+    await outbox.claim(db_pool, "w", 10, LEASE_S, T0)
+    assert await outbox.begin_send(db_pool, ids, "w", at(20), T0) == set(ids)
+    assert all(r.in_doubt for r in await outbox.list_forwards(db_pool, "pending", "acme"))
+    await outbox.release(db_pool, "w", T0)  # the second row is another worker's now
+    [second] = await outbox.claim(db_pool, "other", 1, LEASE_S, at(1))
+    ledger = outbox.Ledger(at=at(2), outcome="sent", reason="ok", http_status=200, worker="w",
+                           consents={ids[0]: True, ids[1]: False})
+    assert await outbox.mark_sent(db_pool, ids, "w", at(2), ledger=ledger) == 0  # "w" holds neither now
+    assert await outbox.attempts_for(db_pool, ids) == []
+    assert await outbox.mark_sent(db_pool, ids, "other", at(2), ledger=ledger) == 1
+    [entry] = await outbox.attempts_for(db_pool, ids)
+    assert (entry.forward_id, entry.outcome, entry.http_status, entry.attempt) == (second.id, "sent", 200, 2)
+    assert entry.consent_marketing is (ids.index(second.id) == 0)
+    row = await outbox.get_forward(db_pool, second.id)
+    assert row is not None and not row.in_doubt and row.status == "sent"
