@@ -441,6 +441,8 @@ def _server(r: _Reader, raw: Any) -> ServerSettings:
             timeout_s=r.get(w, sdata, "timeout_s", float, d.timeout_s,
                             check=lambda v: None if 1 <= v <= 3600 else "must be between 1 and 3600"),
         )
+        # Shorter than drain_s + outbox.send_timeout_s is allowed (a fast stop): a send in flight may then be
+        # cut off, released in doubt, and the process exits 3.
         if stop.timeout_s <= stop.drain_s:
             r.error("server.stop.timeout_s", "must be longer than drain_s, or nothing in flight can finish")
     return ServerSettings(reserved_prefix=prefix, trusted_proxies=tuple(networks), client=client, outbox=outbox,

@@ -137,7 +137,7 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
                      sock: socket.socket | None = None) -> int:
     from aiohttp import web
 
-    from .app import METRICS, STOPPING, create_metrics_app, reload_config
+    from .app import METRICS, STOPPING, WORKER, create_metrics_app, reload_config
     from .edge.connections import ListenerRunner, self_check
 
     self_check()
@@ -179,6 +179,9 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     stopping = app[STOPPING]
     stopping.deadline = loop.time() + stop_cfg.timeout_s
     stopping.draining = True  # readyz: 503 from now on, while the listener still accepts
+    worker = app.get(WORKER)
+    if worker is not None:
+        worker.stop_claiming()  # the sends in flight have the whole stop to finish; no new one begins
     log.info("halo-proxy pid %d stopping: readyz 503 for %.1f s, then the listener closes", os.getpid(),
              stop_cfg.drain_s)
     if stop_cfg.drain_s:
@@ -190,7 +193,7 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     # A finished response may still sit in a socket's write buffer; closing the loop now would cut it short.
     await _flushed(transports, min(FLUSH_SECONDS, stopping.remaining(FLUSH_SECONDS) or FLUSH_SECONDS))
     if stopping.abandoned:
-        log.error("halo-proxy pid %d stopped with %d forward(s) unsent (released for another process)",
+        log.error("halo-proxy pid %d stopped with %d send(s) cut off mid-way (released for another process)",
                   os.getpid(), stopping.abandoned)
         return EXIT_ABANDONED
     return 0
@@ -241,7 +244,8 @@ def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing
 
 
 def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
-    if load_settings(config_path) is None:  # fail early, before any process starts
+    settings = load_settings(config_path)
+    if settings is None:  # fail early, before any process starts
         return 2
     if workers == 1:
         return run_loop(run_worker(config_path, host, port, metrics_port))
@@ -260,7 +264,8 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
                   " (is another halo-proxy or server already using it?)", file=sys.stderr)
             return 1
         try:
-            return _supervise(config_path, host, port, metrics_port, workers, socks)
+            # The stop limit the workers start with (a reload does not change a stop already promised).
+            return _supervise(config_path, host, port, metrics_port, workers, socks, settings.server.stop.timeout_s)
         finally:
             for sock in socks:
                 sock.close()
@@ -293,7 +298,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 def _supervise(config_path: str, host: str, port: int, metrics_port: int, workers: int,
-               socks: list[socket.socket]) -> int:
+               socks: list[socket.socket], stop_timeout_s: float) -> int:
     # Multiprocess metrics: every worker writes its samples under this directory. It must be set before
     # prometheus_client is first imported in this process and its children.
     metrics_dir = tempfile.mkdtemp(prefix="halo-metrics-")
@@ -330,13 +335,13 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
             shutil.rmtree(metrics_dir, ignore_errors=True)
             return 1
     try:
-        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, config_path))
+        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, stop_timeout_s))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,  # type: ignore[no-untyped-def]
-                           stopping: threading.Event, config_path: str) -> int:
+                           stopping: threading.Event, stop_timeout_s: float) -> int:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess as prom_mp
@@ -387,8 +392,7 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
     forward(signal.SIGTERM)
-    settings = load_settings(config_path)
-    limit = (settings.server.stop.timeout_s if settings is not None else DRAIN_SECONDS) + 5
+    limit = stop_timeout_s + 5
     deadline = time.monotonic() + limit
     code = 0
     for pid, proc in list(procs.items()):
@@ -400,7 +404,9 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
             await release_dead_worker(pid)
             code = EXIT_ABANDONED
         elif proc.exitcode:
-            code = EXIT_ABANDONED if proc.exitcode == EXIT_ABANDONED else (code or 1)
+            if proc.exitcode != EXIT_ABANDONED:
+                await release_dead_worker(pid)  # it crashed while stopping
+            code = max(code, EXIT_ABANDONED if proc.exitcode == EXIT_ABANDONED else 1)
     if runner is not None:
         await runner.cleanup()
     return code

@@ -17,6 +17,8 @@ import orjson
 
 from .models import SendResult
 
+CONNECT_TIMEOUT_S = 5.0  # of a request's send timeout, at most this much may go to connecting
+
 __all__ = ["MAX_RESPONSE_BYTES", "http_result", "parse_json", "post_json", "retry_after", "scrub"]
 
 # Platform answers are small; a larger body is cut, which at worst makes the answer unparseable.
@@ -131,11 +133,14 @@ async def post_json(
             url,
             headers=headers,
             data=data,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            # A connect phase of its own, so that a connection never made is told apart from an answer not come.
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, CONNECT_TIMEOUT_S)),
             allow_redirects=False,
         ) as response:
             raw = await _read_capped(response)
             return classify(response.status, response.headers, raw)
+    except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: it must come first
+        return SendResult("retry", "connect", detail="could not connect in time")
     except TimeoutError:
         return SendResult("retry", "timeout", detail=f"no answer within {timeout:g} s")
     except aiohttp.ClientConnectorError as err:  # no connection was made: the request cannot have arrived

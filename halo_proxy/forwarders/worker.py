@@ -116,6 +116,7 @@ class DeliveryWorker:
         self._lanes: list[asyncio.Task[None]] = []
         self._helpers: list[asyncio.Task[None]] = []
         self._paused: dict[tuple[str, str], datetime] = {}  # (tenant, platform) -> asked to wait until
+        self._held: set[int] = set()  # rows of rounds in progress: the only ones the heartbeat renews
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -134,10 +135,16 @@ class DeliveryWorker:
         for event in self._wake.values():
             event.set()
 
+    def stop_claiming(self) -> None:
+        """A stop has begun: claim nothing more and start no new send; the sends in flight go on."""
+        self._stopping = True
+        self.wake()
+
     async def stop(self, timeout_s: float | None = None) -> int:
         """Let the rounds in flight finish (their sends complete and are recorded), for at most `timeout_s`;
         then cancel what is left and release every row still leased, so that another worker takes it at once.
-        Returns how many rows were released unsent (0: nothing was abandoned)."""
+        Returns how many sends were cut off mid-way (released in doubt): 0 when nothing was abandoned, -1 when
+        the rows could not be released. Rows whose send had not begun are handed back without counting."""
         self._stopping = True
         self.wake()
         if self._lanes:
@@ -154,15 +161,17 @@ class DeliveryWorker:
             log.error("could not release the outbox rows of %s (%s): they wait for their lease to run out",
                       self.worker_id, type(err).__name__)
             return -1
+        cut = [r for r in released if r.in_doubt]
         if released:
             for row in released:
                 self.metrics.released.labels(platform=row.platform).inc()
-            log.warning("stopped with %d forward(s) unsent, released for another worker: %s", len(released),
-                        ", ".join(f"{r.platform}#{r.id}" for r in released[:20]))
-            await self._record([outbox.Attempt(r.id, r.tenant_id, r.platform, r.attempts, self.clock(), "released",
-                                               "stopping", "the process stopped before sending it",
-                                               worker=self.worker_id) for r in released])
-        return len(released)
+            log.warning("stopped with %d forward(s) unsent (%d cut off mid-send), released for another worker: %s",
+                        len(released), len(cut), ", ".join(f"{r.platform}#{r.id}" for r in released[:20]))
+            await self._record([outbox.Attempt(
+                r.id, r.tenant_id, r.platform, r.attempts, self.clock(), "released", "stopping",
+                "the process stopped during its send" if r.in_doubt else "the process stopped before sending it",
+                worker=self.worker_id) for r in released])
+        return len(cut)
 
     async def _lane(self, platform: str) -> None:
         event = self._wake[platform]
@@ -192,12 +201,15 @@ class DeliveryWorker:
         return wait
 
     async def _heartbeat(self) -> None:
-        """Renew every lease this worker holds, a third of a lease apart: a long round never loses its rows."""
+        """Renew the leases of the rounds in progress, a third of a lease apart: a long round never loses its
+        rows, and a row whose outcome could not be written is not held forever."""
         while True:
             lease = self.lease_s
             await asyncio.sleep(lease / 3)
             try:
-                await outbox.renew_leases(self.pool, self.worker_id, self.clock() + timedelta(seconds=lease))
+                if self._held:
+                    await outbox.renew_leases(self.pool, self.worker_id, self.clock() + timedelta(seconds=lease),
+                                              list(self._held))
             except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 log.warning("outbox lease renewal failed: %s", type(err).__name__)
 
@@ -239,8 +251,24 @@ class DeliveryWorker:
         for row in rows:
             groups[row.tenant_id].append(row)
         slots = asyncio.Semaphore(cfg.concurrency)
-        await asyncio.gather(*(self._deliver(tenant_id, platform, group, slots)
-                               for tenant_id, group in groups.items()))
+        ids = {row.id for row in rows}
+        self._held |= ids
+        try:
+            # Every group runs to its end even when another fails: no send of this round outlives it.
+            results = await asyncio.gather(*(self._deliver(tenant_id, platform, group, slots)
+                                             for tenant_id, group in groups.items()), return_exceptions=True)
+        finally:
+            # A row whose outcome could not be written is no longer renewed: its lease runs out and any worker
+            # takes it again.
+            self._held -= ids
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                if isinstance(result, (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                    self.metrics.storage_errors.inc()
+                    log.warning("outbox round for %s: an outcome was not recorded (%s); its rows are retried once "
+                                "their lease runs out", platform, type(result).__name__)
+                else:
+                    log.error("outbox round for %s failed", platform, exc_info=result)
         return len(rows)
 
     async def _deliver(self, tenant_id: str, platform: str, rows: list[ForwardRow],
@@ -278,7 +306,11 @@ class DeliveryWorker:
                 await self._send(tenant_id, platform, module, platform_settings, batch,
                                  [by_event[id(e)] for e in batch])
 
-        await asyncio.gather(*(one(batch) for batch in module.batches([event for _, event in ready])))
+        results = await asyncio.gather(*(one(batch) for batch in module.batches([event for _, event in ready])),
+                                       return_exceptions=True)
+        for result in results:  # after every batch has ended: the round's caller logs it
+            if isinstance(result, BaseException):
+                raise result
 
     async def _send(self, tenant_id: str, platform: str, module, settings,  # type: ignore[no-untyped-def]
                     events: Sequence[ForwardEvent], rows: Sequence[ForwardRow]) -> None:
@@ -286,7 +318,11 @@ class DeliveryWorker:
         paused = self._paused.get((tenant_id, platform))
         if paused is not None and paused > now:  # asked to wait by an earlier request of this round
             await outbox.mark_retry(self.pool, [r.id for r in rows], self.worker_id, paused, "waiting as asked",
-                                    reason="http_429", now=now)
+                                    reason="http_429", now=now,
+                                    ledger=self._ledger("retry", rows, events, None, now, reason="paused",
+                                                        detail="the platform asked this tenant to wait"))
+            return
+        if self._stopping:  # not begun: released clean at the stop, another process sends it at once
             return
         timeout = self.cfg.send_timeout_s
         ours = await outbox.begin_send(self.pool, [r.id for r in rows], self.worker_id,

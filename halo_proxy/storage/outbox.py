@@ -215,19 +215,20 @@ async def release_process(db: Executor, host: str, pid: int, now: datetime) -> l
     with translate_errors():
         rows = await db.fetch(
             f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
-                WHERE status = 'pending' AND locked_by LIKE $1 RETURNING {_COLUMNS}""",
-            f"{host}:{pid}:%",
+                WHERE status = 'pending' AND starts_with(locked_by, $1) RETURNING {_COLUMNS}""",
+            f"{host}:{pid}:",
             now,
         )
     return [_row(r) for r in rows]
 
 
-async def renew_leases(db: Executor, worker_id: str, until: datetime) -> int:
-    """The worker's heartbeat: every pending row it holds stays its own until `until`. Returns how many."""
+async def renew_leases(db: Executor, worker_id: str, until: datetime, ids: Sequence[int]) -> int:
+    """The worker's heartbeat: these rows, still pending and its own, stay its own until `until`. Returns how
+    many."""
     with translate_errors():
         status = await db.execute(
-            """UPDATE forwards SET locked_until = greatest(locked_until, $2)
-               WHERE status = 'pending' AND locked_by = $1""",
+            f"UPDATE forwards SET locked_until = greatest(locked_until, $3) WHERE {_LEASED}",
+            _ids(ids),
             worker_id,
             until,
         )

@@ -337,3 +337,13 @@ async def test_an_outcome_writes_its_ledger_entry_only_for_the_rows_it_changed(d
     assert entry.consent_marketing is (ids.index(second.id) == 0)
     row = await outbox.get_forward(db_pool, second.id)
     assert row is not None and not row.in_doubt and row.status == "sent"
+
+
+async def test_the_heartbeat_renews_only_the_rows_it_names(db_pool: asyncpg.Pool) -> None:
+    ids = await forward_ids(db_pool, await add(db_pool, 2))
+    await outbox.claim(db_pool, "w", 10, LEASE_S, T0)
+    # One row's outcome could not be written: the worker no longer names it, so its lease runs out.
+    assert await outbox.renew_leases(db_pool, "w", at(100), [ids[0]]) == 1
+    assert await outbox.renew_leases(db_pool, "other", at(100), ids) == 0
+    again = await outbox.claim(db_pool, "w2", 10, LEASE_S, at(LEASE_S + 1))
+    assert [r.id for r in again] == [ids[1]]
