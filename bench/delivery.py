@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,21 +35,13 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from leads import HOST, SECRET, free_port, sign  # noqa: E402  (the signed-lead benchmark's own helpers)
+
 from tests.fakes.platforms import HANG, FakeDataManager, FakeGa4, FakeMeta, FakeTikTok  # noqa: E402
 
-HOST = "bench.localhost"
-SECRET = "bench-webhook-secret-0123456789"
 PLATFORMS = ("meta", "ga4", "google_ads", "tiktok")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sign(body: bytes, t: int) -> str:
-    return f"t={t},v1={hmac.new(SECRET.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
 
 
 def keys_of(name: str, body: dict) -> list[tuple[str, float | None]]:
