@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test audit bench lint clean
+.PHONY: run test audit browser bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/halo-proxy demo $(ARGS)
 
-test: $(STAMP) audit
+test: $(STAMP) audit browser
 	$(BIN)/python -m pytest
+
+# The browser tests (tests/browser/) drive Debian's chromium through Playwright: installed here when missing,
+# never downloaded by a test tool.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "make: installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # Known vulnerabilities in the installed pins fail the build; `make audit ARGS=--strict` also fails when the
 # vulnerability service cannot be reached.
