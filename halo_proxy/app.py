@@ -28,11 +28,14 @@ from .edge.proxy import Proxy
 from .edge.upstream import UpstreamPool
 from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import Metrics
+from .routes import browser as browser_routes
 from .routes import conversions as conversion_routes
 from .routes import health
+from .routes.browser import BrowserRoutes
 from .routes.common import setup_error_answers, setup_fallback
 from .routes.conversions import RateLimits, Routes
 from .services.conversions import Conversions
+from .services.events import Events
 from .services.visits import Clock, VisitTracker, utc_now
 from .storage import migrations
 from .storage.db import Database, create_pool
@@ -79,6 +82,7 @@ WRITER = web.AppKey("visit_writer", VisitWriter)
 TRACKER = web.AppKey("visit_tracker", VisitTracker)
 WORKER = web.AppKey("delivery_worker", DeliveryWorker)
 ROUTES = web.AppKey("routes", Routes)
+BROWSER = web.AppKey("browser_routes", BrowserRoutes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,11 +164,15 @@ async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
     await platforms.close()
 
 
-async def conversions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The conversion use case and its routes' bodies (no resource of their own: nothing to tear down)."""
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The use cases and their routes' bodies (no resource of their own: nothing to tear down). Browser routes
+    share one set of per-IP rate limits."""
     conversions = Conversions(app[DATABASE].pool, app[KEYS], app[WRITER], app[METRICS],
                               on_created=app[WORKER].wake)
-    app[ROUTES] = Routes(conversions, app[KEYS], RateLimits(), app[CLOCK])  # type: ignore[arg-type]
+    limits = RateLimits()
+    app[ROUTES] = Routes(conversions, app[KEYS], limits, app[CLOCK])  # type: ignore[arg-type]
+    app[BROWSER] = BrowserRoutes(Events(app[DATABASE].pool, app[KEYS], app[METRICS]), app[KEYS], limits,
+                                 app[CLOCK])  # type: ignore[arg-type]
     yield
 
 
@@ -256,7 +264,7 @@ def create_app(
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
         app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate), migrations_ctx, write_queue_ctx, delivery_ctx,
-                                conversions_ctx])
+                                services_ctx])
         app.on_startup.append(_warm_parsers)
 
     # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,
@@ -271,6 +279,7 @@ def create_app(
     setup_error_answers(reserved, the_metrics)
     health.setup(reserved, "", lambda: app.get(DATABASE), lambda: app[STOPPING].draining)
     conversion_routes.setup(reserved, "", lambda: app.get(ROUTES), current)
+    browser_routes.setup(reserved, "", lambda: app.get(BROWSER), current)
     setup_fallback(reserved)  # after every route of the prefix: 404
     app.add_subapp(prefix, reserved)
 

@@ -72,6 +72,8 @@ class Metrics:
         self.rejected = Counter(
             "halo_rejected_requests_total", "Requests to HaloTrack's routes refused, by reason.",
             ["tenant", "reason"], registry=r)
+        self.events = Counter(
+            "halo_events_total", "Custom browser events stored, by tenant.", ["tenant"], registry=r)
         self.forward_skips = Counter(
             "halo_forward_skips_total", "Forwards not sent because of the consent gate, by reason.",
             ["tenant", "platform", "reason"], registry=r)

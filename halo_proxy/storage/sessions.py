@@ -513,6 +513,8 @@ WITH gone AS (
     DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::uuid[]) RETURNING id
 ), touches_gone AS (
     DELETE FROM touches WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
+), events_gone AS (
+    DELETE FROM events WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
 )
 SELECT count(*) FROM gone
 """
@@ -522,13 +524,15 @@ WITH gone AS (
     DELETE FROM sessions WHERE tenant_id = $1 AND updated_at < $2 RETURNING id
 ), touches_gone AS (
     DELETE FROM touches WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
+), events_gone AS (
+    DELETE FROM events WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
 )
 SELECT count(*) FROM gone
 """
 
 
 async def delete_sessions(db: Executor, tenant_id: str, session_ids: Sequence[UUID]) -> int:
-    """Delete sessions and their touches (one statement); return how many sessions existed."""
+    """Delete sessions with their touches and events (one statement); return how many sessions existed."""
     if not session_ids:
         return 0
     with translate_errors():
