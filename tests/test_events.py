@@ -96,6 +96,11 @@ async def test_without_a_session_or_analytics_consent_nothing_is_stored(site, ht
     assert await send(http, site, {"name": "view"}, "not-a-real-cookie") == (202, {"accepted": False})
     marketing_only = KEYS.seal_session("shop", KEYS.new_session_id(), 2)
     assert await send(http, site, {"name": "view"}, marketing_only) == (202, {"accepted": False})
+    # Consent withdrawn in the banner on this page, no page view since: the sealed bit says yes, the CMP now no.
+    cookie = await visitor_cookie(http, site)
+    status, answer = await send(http, site, {"name": "view"}, None, **{
+        "Cookie": f"_halo={cookie}; cookieyes-consent=action:yes,analytics:no,advertisement:no"})
+    assert (status, answer) == (202, {"accepted": False})
     other_tenant = KEYS.seal_session("other", KEYS.new_session_id(), 3)
     assert await send(http, site, {"name": "view"}, other_tenant) == (202, {"accepted": False})
     assert await clean.fetchval("SELECT count(*) FROM events") == 0
@@ -109,6 +114,7 @@ async def test_without_a_session_or_analytics_consent_nothing_is_stored(site, ht
     ({"name": "ok", "props": [1]}, {}, 422, "invalid_field", "props"),
     ({"name": "ok", "props": {"x": "y" * 3000}}, {}, 422, "invalid_field", "props"),
     ({"name": "ok", "extra": 1}, {}, 422, "unknown_field", "extra"),
+    (b'{"name":"ok","props":{"x":' + b"[" * 980 + b"]" * 980 + b"}}", {}, 422, "invalid_field", "props"),
     ({"name": "ok", "props": {"x": "y" * 9000}}, {}, 413, "body_too_large", None),
     ({"name": "ok"}, {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", None),
     ({"name": "ok"}, {"Origin": "https://evil.example"}, 403, "forbidden_origin", None),

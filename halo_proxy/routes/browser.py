@@ -17,6 +17,8 @@ from ..config import Settings, Tenant
 from ..crypto import KeyRing
 from ..edge.admission import CLIENT, TENANT
 from ..services.events import Events
+from ..services.visits import consent_policy
+from ..tracking.consent import ConsentPolicy, parse_consent
 from ..tracking.events import parse_event
 from .common import ApiError, json_ok, media_type, parse_json_object, read_body
 from .conversions import IDENTIFY_TYPES, RateLimits, allowed_origin
@@ -33,6 +35,10 @@ class BrowserRoutes:
         self.limits = limits
         self.clock = clock
 
+    @staticmethod
+    def policy(tenant: Tenant) -> ConsentPolicy:
+        return consent_policy(tenant)
+
     async def event(self, request: web.Request, tenant: Tenant, settings: Settings,
                     client_ip: str | None) -> web.StreamResponse:
         if not allowed_origin(request, settings, tenant):
@@ -43,9 +49,13 @@ class BrowserRoutes:
         body = await read_body(request, min(tenant.max_body_bytes, EVENT_BODY_MAX),
                                settings.server.client.body_timeout_s)
         name, props = parse_event(parse_json_object(body))
-        raw = request.cookies.get(tenant.cookie.name)
+        cookies = request.cookies
+        raw = cookies.get(tenant.cookie.name)
         opened = self.keys.open_session_state(tenant.id, raw) if raw is not None else None
-        if opened is None or not opened[1] & ANALYTICS:  # no session, or no analytics consent: nothing stored
+        # Analytics consent as sealed at the last page view, and as the banner's cookies say now: a visitor who
+        # withdrew it on this page (no page view since) is not tracked either.
+        if (opened is None or not opened[1] & ANALYTICS
+                or not parse_consent(cookies, request.headers, self.policy(tenant)).analytics):
             return json_ok(202, {"accepted": False})
         await self.events.record(tenant, opened[0], name, props, self.clock())
         return json_ok(202, {"accepted": True})

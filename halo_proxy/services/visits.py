@@ -13,6 +13,7 @@ decisions.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,6 +35,17 @@ RECENT_TOUCHES = 10_000  # campaign touches remembered per process for the repea
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def consent_policy(tenant: Tenant) -> ConsentPolicy:
+    """The tenant's consent settings as the consent rules take them (one per `Tenant`: a reload makes new ones)."""
+    consent = tenant.consent
+    return ConsentPolicy(
+        unknown=consent.unknown == "granted",
+        onetrust_analytics_groups=consent.onetrust_analytics_groups,
+        onetrust_marketing_groups=consent.onetrust_marketing_groups,
+    )
 
 
 class SystemFresh:
@@ -67,15 +79,9 @@ class VisitTracker:
         cached = self._rules.get(tenant.id)
         if cached is not None and cached[0] is tenant:
             return cached[1]
-        consent = tenant.consent
         rules = SiteRules(
             tenant_id=tenant.id, cookie_name=tenant.cookie.name, hosts=tenant.hosts,
-            reserved_prefix=self.reserved_prefix,
-            consent=ConsentPolicy(
-                unknown=consent.unknown == "granted",
-                onetrust_analytics_groups=consent.onetrust_analytics_groups,
-                onetrust_marketing_groups=consent.onetrust_marketing_groups,
-            ),
+            reserved_prefix=self.reserved_prefix, consent=consent_policy(tenant),
         )
         self._rules[tenant.id] = (tenant, rules)
         return rules

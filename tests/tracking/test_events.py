@@ -19,6 +19,16 @@ def test_valid_events(data, expected):
     assert parse_event(data) == expected
 
 
+def test_props_nested_a_thousand_deep_are_refused_without_recursion():
+    deep: object = 1
+    for _ in range(1000):
+        deep = {"d": deep}
+    with pytest.raises(InputError) as caught:
+        parse_event({"name": "ok", "props": deep})
+    assert caught.value.field == "props"
+    assert parse_event({"name": "ok", "props": {"a": {"b": [{"c": 1}]}}})[1] == '{"a":{"b":[{"c":1}]}}'
+
+
 @pytest.mark.parametrize(("data", "code", "field"), [
     ({}, "missing_field", "name"),
     ({"name": ""}, "missing_field", "name"),
@@ -32,6 +42,7 @@ def test_valid_events(data, expected):
     ({"name": "ok", "props": {"blob": "x" * 2040}}, "invalid_field", "props"),
     ({"name": "ok", "props": {"é": "é" * 1020}}, "invalid_field", "props"),  # counted in bytes, not characters
     ({"name": "ok", "session_id": "s"}, "unknown_field", "session_id"),
+    ({"name": "ok", "props": {"x": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, "invalid_field", "props"),  # 17 deep
 ])
 def test_invalid_events_name_their_field(data, code, field):
     with pytest.raises(InputError) as caught:
