@@ -26,7 +26,7 @@ from ..config import Settings, Tenant
 from ..metrics import UNKNOWN_TENANT, Metrics
 from .boundary import Host, reaches_prefix
 from .boundary import content_length as boundary_content_length
-from .tenancy import Client, client_address, request_host, tenant_for
+from .tenancy import Client, client_address, request_host
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -52,7 +52,7 @@ BAD_VERSION = Refusal(505, "version", "Only HTTP/1.0 and HTTP/1.1 are served on 
 _VERSIONS = ((1, 1), (1, 0))
 
 
-def check_request(request: web.Request, reserved_prefix: str) -> Host | Refusal:
+def check_request(request: web.Request, reserved_prefix: str, *, forwarded: bool = True) -> Host | Refusal:
     """The request's Host, or why the request may not be forwarded: an HTTP version other than 1.0 and 1.1, a
     Transfer-Encoding other than plain `chunked`, a bad Host, a target that is not a path
     (absolute-form `GET http://evil/`), a path that an origin could read as one under the reserved prefix,
@@ -66,7 +66,7 @@ def check_request(request: web.Request, reserved_prefix: str) -> Host | Refusal:
     if target[:1] != "/" and not (target == "*" and request.method == "OPTIONS"):
         return BAD_TARGET
     query = target.find("?")
-    if reaches_prefix(target if query == -1 else target[:query], reserved_prefix):
+    if forwarded and reaches_prefix(target if query == -1 else target[:query], reserved_prefix):
         return RESERVED_PATH
     headers = request.headers
     if "Transfer-Encoding" in headers:  # aiohttp has decoded the chunked framing; any other coding would be lost
@@ -124,19 +124,25 @@ def admit(request: web.Request, settings: Settings, metrics: Metrics, reserved_p
 
 
 def setup_tenancy(app: web.Application, settings: Callable[[], Settings]) -> None:
-    """Host -> tenant before anything else, for HaloTrack's own routes: a bad Host is a JSON 400, a host no
-    tenant serves a JSON 421. A `tenant_free` route (health) is answered whatever the Host."""
+    """Host -> tenant before anything else, for HaloTrack's own routes: the trust boundary's refusals (a bad Host,
+    an absolute-form target, a Transfer-Encoding other than chunked, a bad Content-Length, an HTTP version other
+    than 1.0/1.1) as the contract's JSON (`bad_<reason>`) on a closed connection, a host no tenant serves a JSON
+    421. A `tenant_free` route (health) is answered whatever the Host."""
 
     @web.middleware
     async def tenancy(request: web.Request, handler: Handler) -> web.StreamResponse:
         if getattr(handler, "halo_tenant_free", False):
             return await handler(request)
-        found = tenant_for(request, settings())
-        if found == 400:
-            return _json_refusal(400, "bad_host", "The Host header is missing, repeated or not a host name.")
-        if found == 421:
+        # The same boundary as a forwarded request (HTTP version, Host, target, framing), answered as JSON.
+        checked = check_request(request, "", forwarded=False)
+        if type(checked) is Refusal:
+            refused = _json_refusal(checked.status, f"bad_{checked.reason}", checked.detail)
+            refused.force_close()
+            return refused
+        tenant = settings().tenant_for_name(checked.name)  # type: ignore[union-attr]
+        if tenant is None:
             return _json_refusal(421, "misdirected", "This host is not served here.")
-        request[TENANT] = found  # type: ignore[assignment]
+        request[TENANT] = tenant
         return await handler(request)
 
     app.middlewares.append(tenancy)

@@ -4,6 +4,9 @@ handler that admits by a plain call. The handlers are the tests' own; the real r
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 from aiohttp import web
 
@@ -163,3 +166,22 @@ async def test_the_router_s_own_refusal_is_the_contract_s_json(client, metrics):
     assert (answer.status, answer.content_type) == (404, "application/json")
     assert (await answer.json())["error"] == "not_found"
     assert rejected(metrics, "not_found") == 1
+
+
+@pytest.mark.parametrize(("head", "status", "error"), [
+    (b"GET http://evil.example/_halo/who HTTP/1.1\r\nHost: shop.localhost\r\n", 400, "bad_target"),
+    (b"POST /_halo/who HTTP/1.1\r\nHost: shop.localhost\r\nTransfer-Encoding: gzip, chunked\r\n", 501,
+     "bad_transfer_encoding"),
+    (b"GET /_halo/who HTTP/1.1\r\nHost: bad_host!\r\n", 400, "bad_host"),
+])
+async def test_halotrack_s_routes_pass_the_same_boundary_as_forwarded_requests(client, head, status, error):
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(head + b"Connection: close\r\n\r\n" + (b"0\r\n\r\n" if b"chunked" in head else b""))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+    first, _, rest = answer.partition(b"\r\n")
+    assert first.startswith(b"HTTP/1.1 %d" % status), answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == error
