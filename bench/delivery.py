@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from leads import HOST, SECRET, free_port, sign  # noqa: E402  (the signed-lead benchmark's own helpers)
+from leads import HOST, SECRET, free_port, sign, wait_ready  # noqa: E402  (the signed-lead benchmark's own helpers)
 
 from tests.fakes.platforms import HANG, FakeDataManager, FakeGa4, FakeMeta, FakeTikTok  # noqa: E402
 
@@ -100,20 +100,6 @@ tenants:
 """
 
 
-async def wait_ready(base: str, proxy: subprocess.Popen, deadline_s: float = 90) -> None:
-    end = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < end and proxy.poll() is None:
-            try:
-                async with session.get(f"{base}/_halo/readyz", headers={"Host": HOST}) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("HaloTrack did not become ready")
-
-
 async def post_leads(base: str, count: int, rate: float) -> dict[str, float]:
     """Post `count` signed leads at `rate` per second; {event id: time its 201 came back}."""
     answered: dict[str, float] = {}
@@ -168,7 +154,7 @@ async def main() -> int:
                              stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_ready(base, proxy)
+        await wait_ready(base)
         print(f"{args.leads} leads at {args.rate:g}/s through 2 workers, {args.hang} hanging", flush=True)
         answered = await post_leads(base, args.leads, args.rate)
         healthy = [p for p in PLATFORMS if p != args.hang]

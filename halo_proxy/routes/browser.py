@@ -8,19 +8,18 @@ that without a preflight), names every bad field (422), and stores nothing on fa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from aiohttp import web
 
 from ..config import Settings, Tenant
 from ..crypto import KeyRing
-from ..edge.admission import CLIENT, TENANT
 from ..services.events import Events
 from ..services.visits import consent_policy
 from ..tracking.consent import ConsentPolicy, parse_consent
 from ..tracking.events import parse_event
-from .common import ApiError, json_ok, media_type, parse_json_object, read_body
+from .common import ApiError, handler_for, json_ok, media_type, parse_json_object, read_body
 from .conversions import IDENTIFY_TYPES, RateLimits, allowed_origin
 
 EVENT_BODY_MAX = 8 * 1024  # name, props (2 KB as JSON) and their escapes
@@ -63,15 +62,5 @@ class BrowserRoutes:
 
 def setup(app: web.Application, prefix: str, routes: Callable[[], BrowserRoutes | None],
           settings: Callable[[], Settings]) -> None:
-
-    def handler(body: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            found = routes()
-            if found is None:
-                raise ApiError(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
-            return await body(found, request, request[TENANT], settings(), request[CLIENT].ip)
-
-        handle.__name__ = f"handle_{body.__name__}"
-        return handle
-
-    app.router.add_post(f"{prefix}/event", handler(BrowserRoutes.event))
+    """Register the browser routes (`common.handler_for`: 404 until storage has started)."""
+    app.router.add_post(f"{prefix}/event", handler_for(BrowserRoutes.event, routes, settings))

@@ -20,7 +20,7 @@ import brotli
 import orjson
 from aiohttp import web
 
-from ..edge.admission import TENANT, Handler
+from ..edge.admission import CLIENT, TENANT, Handler
 from ..metrics import Metrics
 from ..storage.errors import StorageError, StorageUnavailable
 from ..tracking.conversion import InputError
@@ -112,6 +112,22 @@ def setup_error_answers(app: web.Application, metrics: Metrics) -> None:
         return await call(lambda: handler(request), count, request.path, request.method)
 
     app.middlewares.append(error_answers)
+
+
+def handler_for(body: Callable[..., Awaitable[web.StreamResponse]], routes: Callable[[], Any],
+                settings: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler for a route body `body(routes, request, tenant, settings, client_ip)`: the tenant and
+    client come from the admission middlewares, `routes()` gives the bodies' object once storage has started
+    (None without a database: the route answers 404)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        found = routes()
+        if found is None:
+            raise ApiError(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
+        return await body(found, request, request[TENANT], settings(), request[CLIENT].ip)
+
+    handle.__name__ = f"handle_{body.__name__}"
+    return handle
 
 
 def setup_fallback(app: web.Application, prefix: str = "") -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,6 @@ from aiohttp import web
 
 from ..config import Settings, Tenant
 from ..crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
-from ..edge.admission import CLIENT, TENANT
 from ..edge.boundary import local_path, parse_url
 from ..ratelimit import TokenBucket, retry_after_header
 from ..services.conversions import Conversions
@@ -26,7 +25,7 @@ from ..tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe
 from ..tracking.conversion import form_redirect, parse_lead, parse_order
 from ..tracking.identity import normalise_email, normalise_phone
 from . import forms
-from .common import ApiError, json_ok, media_type, parse_json_object, read_body, require_json
+from .common import ApiError, handler_for, json_ok, media_type, parse_json_object, read_body, require_json
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 IDENTIFY_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon without a preflight
@@ -243,26 +242,10 @@ class Routes:
 
 # ---------------------------------------------------------------------------------------------------------
 
-RouteBody = Callable[[Routes, web.Request, Tenant, Settings, "str | None"], Awaitable[web.StreamResponse]]
-
-
 def setup(app: web.Application, prefix: str, routes: Callable[[], Routes | None],
           settings: Callable[[], Settings]) -> None:
-    """Register the conversion routes. `routes` gives the route bodies once storage has started (None without a
-    database: the routes then answer 404)."""
-
-    def handler(body: RouteBody) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            found = routes()
-            if found is None:
-                raise ApiError(404, "not_found", "This route needs HaloTrack's database, which is not configured.")
-            return await body(found, request, request[TENANT], settings(), request[CLIENT].ip)
-
-        handle.__name__ = f"handle_{body.__name__}"
-        return handle
-
-    app.router.add_post(f"{prefix}/identify", handler(Routes.identify))
-    app.router.add_post(f"{prefix}/webhook/lead", handler(Routes.lead))
-    app.router.add_post(f"{prefix}/webhook/order", handler(Routes.order))
-    app.router.add_post(f"{prefix}/webhook/shopify", handler(Routes.shopify))
-    app.router.add_post(f"{prefix}/webhook/stripe", handler(Routes.stripe))
+    """Register the conversion routes (`common.handler_for`: 404 until storage has started)."""
+    for path, body in (("/identify", Routes.identify), ("/webhook/lead", Routes.lead),
+                       ("/webhook/order", Routes.order), ("/webhook/shopify", Routes.shopify),
+                       ("/webhook/stripe", Routes.stripe)):
+        app.router.add_post(prefix + path, handler_for(body, routes, settings))
