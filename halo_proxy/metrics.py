@@ -77,6 +77,20 @@ class Metrics:
         self.forward_skips = Counter(
             "halo_forward_skips_total", "Forwards not sent because of the consent gate, by reason.",
             ["tenant", "platform", "reason"], registry=r)
+        # The browser side.
+        self.injections = Counter(
+            "halo_injections_total", "HTML pages given the script tag, by where it went (head, body, start) or why a "
+            "page was passed on as it was (already_tagged, charset, decode_error).",
+            ["tenant", "outcome"], registry=r)
+        self.injection_skipped = Counter(
+            "halo_injection_skipped_total", "HTML page views left untouched, by reason (status, range, no_transform, "
+            "coding, csp).", ["tenant", "reason"], registry=r)
+        self.consent_changes = Counter(
+            "halo_consent_changes_total", "Consent changes sent by browsers, by tenant and what changed "
+            "(granted, withdrawn, updated, unchanged).", ["tenant", "change"], registry=r)
+        self.browser_touches = Counter(
+            "halo_browser_touches_total", "POST /touch visits from sites not behind the proxy, by tenant and outcome "
+            "(session, anonymous).", ["tenant", "outcome"], registry=r)
         # Counters with closed label sets are present from the start, at zero, so that an alert can be written
         # on them before their first increment.
         for kind in ("visit", "anon", "invalid"):
@@ -94,6 +108,7 @@ class Metrics:
         self._skipped_children: dict[tuple[str, str], Counter] = {}
         self._sessions_created_children: dict[str, Counter] = {}
         self._touches_children: dict[str, Counter] = {}
+        self._injection_children: dict[tuple[str, str], Counter] = {}
 
     def count_request(self, tenant: str, status: int, seconds: float) -> None:
         """Hot path: label lookups are cached per (tenant, class)."""
@@ -140,4 +155,13 @@ class Metrics:
         if child is None:
             child = self.visits.labels(tenant=tenant, consent=consent, channel=channel)
             self._visit_children[key] = child
+        child.inc()
+
+    def injection(self, tenant: str, outcome: str, skipped: bool = False) -> None:
+        key = (tenant, outcome if not skipped else "skip:" + outcome)
+        child = self._injection_children.get(key)
+        if child is None:
+            child = (self.injection_skipped.labels(tenant=tenant, reason=outcome) if skipped
+                     else self.injections.labels(tenant=tenant, outcome=outcome))
+            self._injection_children[key] = child
         child.inc()

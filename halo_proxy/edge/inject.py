@@ -13,7 +13,10 @@ streams through unchanged. A page in UTF-16 (its BOM) is left untouched: the tag
 
 `Recoder` does the same through a content coding (gzip, deflate, br): decoded in bounded pieces (a small gzip bomb
 never becomes one large buffer), injected, re-encoded in the same coding with a flush per chunk so the page keeps
-streaming.
+streaming. gzip and deflate go through ISA-L (`isal`, the same formats as zlib): re-encoding a 30 KB page takes it
+about 70 µs at level 1 where zlib needs 365 µs at level 1 and 790 µs at its default, with a smaller result than
+zlib's level 1 (`bench/micro.py inject`). Brotli at quality 1 costs about as much and stays within 10 % of quality 4's
+size on pages.
 
 `csp_allows` decides from the upstream's Content-Security-Policy whether a same-origin script may run, and with
 which nonce; `plan_injection` decides, from the request and the upstream's answer head, whether to inject (or why
@@ -24,13 +27,15 @@ and how the answer's headers change (length and digests dropped, a strong ETag m
 from __future__ import annotations
 
 import re
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import brotli
+from isal import isal_zlib
 
 LOOKAHEAD = 64 * 1024  # bytes held back at most while the insertion point (and an existing tag) is looked for
 DECODE_PIECE = 256 * 1024  # decoded bytes produced at a time from one compressed chunk
+GZIP_LEVEL = 1  # ISA-L's levels are 0-3; 1 is its balanced default
+BROTLI_QUALITY = 1
 
 # Outcomes, usable as metric labels.
 INJECTED_HEAD = "head"
@@ -211,17 +216,17 @@ class Recoder:
         self.coding = coding
         if coding in ("gzip", "x-gzip"):
             self._decoder: Callable[[bytes], Iterator[bytes]] = _zlib_decoder(31)
-            comp = zlib.compressobj(6, zlib.DEFLATED, 31)
-            self._encode = lambda data: comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
+            comp = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+            self._encode = lambda data: comp.compress(data) + comp.flush(isal_zlib.Z_SYNC_FLUSH)
             self._close = comp.flush
         elif coding == "deflate":
             self._decoder = _zlib_decoder(15)
-            comp = zlib.compressobj(6, zlib.DEFLATED, 15)
-            self._encode = lambda data: comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
+            comp = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 15)
+            self._encode = lambda data: comp.compress(data) + comp.flush(isal_zlib.Z_SYNC_FLUSH)
             self._close = comp.flush
         elif coding == "br":
             self._decoder = _brotli_decoder()
-            encoder = brotli.Compressor(quality=4)
+            encoder = brotli.Compressor(quality=BROTLI_QUALITY)
             self._encode = lambda data: encoder.process(data) + encoder.flush()
             self._close = encoder.finish
         else:
@@ -248,20 +253,20 @@ class DecodeError(ValueError):
 
 
 def _zlib_decoder(wbits: int) -> Callable[[bytes], Iterator[bytes]]:
-    state = {"d": zlib.decompressobj(wbits), "settled": wbits != 15}
+    state = {"d": isal_zlib.decompressobj(wbits), "settled": wbits != 15}
 
     def decode(data: bytes) -> Iterator[bytes]:
         d = state["d"]
         try:
             piece = d.decompress(data, DECODE_PIECE)
-        except zlib.error as err:
+        except isal_zlib.error as err:
             if state["settled"]:
                 raise DecodeError(str(err)) from err
             # "deflate" sent as a raw deflate stream, as some servers do
-            state["d"] = d = zlib.decompressobj(-15)
+            state["d"] = d = isal_zlib.decompressobj(-15)
             try:
                 piece = d.decompress(data, DECODE_PIECE)
-            except zlib.error as err2:
+            except isal_zlib.error as err2:
                 raise DecodeError(str(err2)) from err2
         state["settled"] = True
         while True:
@@ -271,7 +276,7 @@ def _zlib_decoder(wbits: int) -> Callable[[bytes], Iterator[bytes]]:
                 return
             try:
                 piece = d.decompress(d.unconsumed_tail, DECODE_PIECE)
-            except zlib.error as err:
+            except isal_zlib.error as err:
                 raise DecodeError(str(err)) from err
 
     return decode  # type: ignore[return-value]
@@ -341,6 +346,27 @@ SKIP_CODING = "coding"
 SKIP_CSP = "csp"
 SKIP_REASONS = (SKIP_NOT_PAGE_VIEW, SKIP_METHOD, SKIP_STATUS, SKIP_RANGE, SKIP_NOT_HTML, SKIP_NO_TRANSFORM,
                 SKIP_CODING, SKIP_CSP)
+
+# Outcomes counted when a page was passed on untouched although it was planned for (halo_injections_total).
+DECODE_ERROR = "decode_error"
+# Skip reasons worth counting: an HTML page view left as it was. The others are simply not pages.
+COUNTED_SKIPS = frozenset({SKIP_STATUS, SKIP_RANGE, SKIP_NO_TRANSFORM, SKIP_CODING, SKIP_CSP})
+_PAGE_DESTS = frozenset({"document", "iframe", "frame", "embed", "object"})
+
+
+def wants_injection(headers: Mapping[str, str]) -> bool:
+    """Whether a request's HTML answer is a page a browser will show: a navigation or a frame (`Sec-Fetch-Dest`),
+    or without fetch metadata an `Accept` that asks for HTML. Never a script's fetch of an HTML fragment
+    (`Sec-Fetch-Dest: empty`, htmx's `HX-Request`, a Turbo frame, `X-Requested-With`): a tag there would change
+    what the page's own code inserts. Prefetches are pages too: they are shown later."""
+    if "hx-request" in headers or "turbo-frame" in headers or "x-requested-with" in headers:
+        return False
+    dest = headers.get("sec-fetch-dest")
+    if dest is not None:
+        return dest.strip().lower() in _PAGE_DESTS
+    accept = headers.get("accept")
+    return accept is not None and "text/html" in accept.lower()
+
 
 # Headers that describe the exact bytes of the upstream's body, which injection changes.
 _BODY_BOUND = frozenset({"content-length", "content-md5", "digest", "content-digest", "repr-digest"})

@@ -22,6 +22,16 @@ from ..config import Tenant
 from ..metrics import Metrics
 from .admission import error_page
 from .boundary import TRUSTED_ONLY_HEADERS, underscore_alias
+from .inject import (
+    COUNTED_SKIPS,
+    DECODE_ERROR,
+    DecodeError,
+    Injector,
+    Plan,
+    Recoder,
+    plan_injection,
+    script_tag,
+)
 from .tenancy import Client
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, parse_origin
 
@@ -201,8 +211,10 @@ class Proxy:
         tenant: Tenant,
         client: Client,
         extra_headers: Iterable[tuple[str, str]] = (),
+        inject_prefix: str | None = None,
     ) -> web.StreamResponse:
-        """Forward a request that `check_request` accepted."""
+        """Forward a request that `check_request` accepted. With `inject_prefix` (the reserved prefix), an HTML
+        page in the answer gets the script tag (`inject.plan_injection` says when)."""
         incoming = request.headers
         if "Via" in incoming and VIA_TOKEN in incoming["Via"]:
             self.metrics.upstream_errors.labels(tenant=tenant.id, kind="loop").inc()
@@ -238,12 +250,19 @@ class Proxy:
             return error_page(status, title, detail)
         self.metrics.upstream_time(tenant.id, time.perf_counter() - started)
         try:
+            if inject_prefix is not None:
+                plan = plan_injection(request.method, True, "Range" in incoming, upstream.status, upstream.headers)
+                if type(plan) is Plan:
+                    return await self._respond_injected(request, tenant, client, upstream, extra_headers, plan,
+                                                        inject_prefix)
+                if plan in COUNTED_SKIPS:
+                    self.metrics.injection(tenant.id, plan, skipped=True)  # type: ignore[arg-type]
             return await self._respond(request, tenant, client, upstream, extra_headers)
         finally:
             upstream.release()
 
     async def _respond(self, request: web.Request, tenant: Tenant, client: Client, upstream: UpstreamResponse,
-                       extra_headers: Iterable[tuple[str, str]]) -> web.StreamResponse:
+                       extra_headers: Iterable[tuple[str, str]], first: bytes | None = None) -> web.StreamResponse:
         out_headers = response_headers(upstream.headers, tenant, request, client.https)
         for name, value in extra_headers:
             out_headers.add(name, value)
@@ -257,7 +276,8 @@ class Proxy:
                 return response
             # What the upstream has sent already goes out with the headers in one write; a small page that
             # arrived whole is one write and no wait. Headers never wait for a slow body.
-            first = upstream.read_nowait()
+            if first is None:
+                first = upstream.read_nowait()
             if upstream.at_eof():
                 await response.write_eof(first)
                 return response
@@ -280,6 +300,70 @@ class Proxy:
                 request.transport.abort()
         except ConnectionError:
             pass  # the visitor went away (aiohttp raises a plain ConnectionError too): nothing more to do
+        return response
+
+    async def _respond_injected(self, request: web.Request, tenant: Tenant, client: Client,
+                                upstream: UpstreamResponse, extra_headers: Iterable[tuple[str, str]], plan: Plan,
+                                prefix: str) -> web.StreamResponse:
+        """`_respond` for an HTML page that gets the tag: the body goes through the injector (and the coding's
+        decoder and encoder). A page that arrived whole leaves with a corrected Content-Length, else chunked. A
+        page the upstream compressed wrongly is passed on as it came when it arrived whole, and aborted (like an
+        upstream failing mid-body) when the fault shows only after the headers went out."""
+        injector = Injector(script_tag(prefix, plan.nonce), (prefix + "/t.js").encode())
+        codec: Injector | Recoder = Recoder(plan.coding, injector) if plan.coding else injector
+        first = upstream.read_nowait()
+        if upstream.at_eof():
+            try:
+                body = codec.feed(first) + codec.finish()
+            except DecodeError:
+                self.metrics.injection(tenant.id, DECODE_ERROR)
+                return await self._respond(request, tenant, client, upstream, extra_headers, first)
+            out_headers = response_headers(plan.headers, tenant, request, client.https)
+            for name, value in extra_headers:
+                out_headers.add(name, value)
+            out_headers["Content-Length"] = str(len(body))
+            response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+            response.raw_latin1 = upstream.latin1
+            try:
+                await response.prepare(request)
+                await response.write_eof(body)
+            except ConnectionError:
+                pass
+            self.metrics.injection(tenant.id, injector.outcome or DECODE_ERROR)
+            return response
+        out_headers = response_headers(plan.headers, tenant, request, client.https)
+        for name, value in extra_headers:
+            out_headers.add(name, value)
+        response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+        response.raw_latin1 = upstream.latin1
+        try:
+            writer = await response.prepare(request)
+            out = codec.feed(first) if first else b""
+            if out:
+                await response.write(out)
+            elif writer is not None:
+                writer.send_headers()  # headers never wait for the insertion point
+            while chunk := await upstream.read():
+                out = codec.feed(chunk)
+                if out:
+                    await response.write(out)
+            await response.write_eof(codec.finish())
+            self.metrics.injection(tenant.id, injector.outcome or DECODE_ERROR)
+        except DecodeError:
+            self.metrics.injection(tenant.id, DECODE_ERROR)
+            log.warning("tenant %s sent a %s page that could not be decoded; aborted", tenant.id, plan.coding)
+            if request.transport is not None:
+                request.transport.abort()
+        except UpstreamError as err:
+            if _client_gone(request):
+                return response
+            if not err.kind.startswith("client_"):
+                self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
+                log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass
         return response
 
     async def _websocket(self, request: web.Request, tenant: Tenant, url: URL,

@@ -3,7 +3,7 @@
 `setup` registers the catch-all route (register it last). Its handler admits the request (`admission.admit`:
 the trust boundary, the tenant), finds its client address, reads the request's plain facts
 (`visit_facts`), asks `services.visits` for the cookies to set, and streams the upstream answer back through
-`proxy.Proxy`. Tracking never breaks the site: if it fails, the page is served untracked and the failure counted.
+`proxy.Proxy`, which puts the script tag into HTML pages (`inject`). Tracking never breaks the site: if it fails, the page is served untracked and the failure counted.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..metrics import Metrics
 from ..services.visits import VisitTracker
 from ..tracking.visit import VisitFacts
 from .admission import admit
+from .inject import wants_injection
 from .proxy import Proxy
 from .tenancy import client_address
 
@@ -88,7 +89,10 @@ def setup(app: web.Application, settings: Callable[[], Settings], proxy: Callabl
                 except Exception:  # tracking must never break the client's site: the page is served untracked
                     metrics.tracking_errors.inc()
                     log.exception("tracking failed for a request of tenant %s; serving it untracked", tenant.id)
-            response = await proxy().forward(request, tenant, client, [("Set-Cookie", value) for value in cookies])
+            inject = reserved_prefix if (tenant.inject_script and request.method == "GET"
+                                         and wants_injection(request.headers)) else None
+            response = await proxy().forward(request, tenant, client, [("Set-Cookie", value) for value in cookies],
+                                             inject)
         finally:
             metrics.in_flight.dec()
         metrics.count_request(tenant.id, response.status, time.perf_counter() - started)
