@@ -10,46 +10,146 @@ from pathlib import Path
 
 from aiohttp import web
 
+# HaloTrack's queue stub: page code may call these before the async t.js has loaded; t.js replays `q`.
+QUEUE_STUB = (
+    'window.HaloTrack=window.HaloTrack||{q:[]};["identify","track","consent"].forEach(function(m){'
+    "window.HaloTrack[m]=window.HaloTrack[m]||"
+    "function(){window.HaloTrack.q.push([m,[].slice.call(arguments)])}});"
+)
+
+# A CookieYes look-alike, so t.js meets the real CMP's cookie, events and API: the `cookieyes-consent`
+# cookie (absent until a choice; the consent id is base64 of 32 letters and digits, unpadded, so URL-safe as
+# CookieYes writes it), `cookieyes_banner_load` once per page, `cookieyes_consent_update` after each choice
+# (cookie written first), and `window.getCkyConsent()`.
+CONSENT_BANNER = (
+    '<div id="cky-banner" role="dialog" aria-label="Cookie consent" hidden>'
+    "<p>We use cookies to see which ads bring visitors. "
+    "Analytics and advertising cookies are used only if you accept them.</p>"
+    '<button id="cky-accept" type="button">Accept all</button> '
+    '<button id="cky-reject" type="button">Reject all</button></div>'
+    '<button id="cky-settings" type="button">Cookie settings</button>'
+)
+CONSENT_SCRIPT = """(() => {
+  const SLUGS = ["necessary", "functional", "analytics", "performance", "advertisement"];
+  const banner = document.getElementById("cky-banner");
+  const fields = {};
+  const found = document.cookie.match(/(?:^|;\\s*)cookieyes-consent=([^;]*)/);
+  if (found) {
+    let raw = found[1];
+    try { raw = decodeURIComponent(raw); } catch (err) { /* keep it as sent */ }
+    raw.split(",").forEach((item) => {
+      const at = item.indexOf(":");
+      if (at > 0) fields[item.slice(0, at).trim()] = item.slice(at + 1).trim();
+    });
+  }
+  const newId = () => {
+    const abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const bytes = crypto.getRandomValues(new Uint8Array(32));
+    return btoa(Array.from(bytes, (b) => abc[b % abc.length]).join("")).replace(/=+$/, "");
+  };
+  const state = {consentID: fields.consentid || newId(), done: fields.action === "yes", categories: {}};
+  SLUGS.forEach((s) => { state.categories[s] = s === "necessary" || fields[s] === "yes"; });
+  window.getCkyConsent = () => ({activeLaw: "gdpr", categories: Object.assign({}, state.categories),
+    isUserActionCompleted: state.done, consentID: state.consentID, languageCode: "en"});
+  const choose = (yes) => {
+    const c = state.categories, v = (b) => (b ? "yes" : "no");
+    SLUGS.forEach((s) => { c[s] = s === "necessary" || yes; });
+    state.done = true;
+    const value = ["consentid:" + state.consentID, "consent:" + v(yes), "action:yes"]
+      .concat(SLUGS.map((s) => s + ":" + v(c[s])), "other:" + v(yes)).join(",");
+    document.cookie = "cookieyes-consent=" + value + "; Path=/; SameSite=Lax; max-age=31536000";
+    banner.hidden = true;
+    document.dispatchEvent(new CustomEvent("cookieyes_consent_update",
+      {detail: {accepted: SLUGS.filter((s) => c[s]), rejected: SLUGS.filter((s) => !c[s])}}));
+  };
+  document.getElementById("cky-accept").addEventListener("click", () => choose(true));
+  document.getElementById("cky-reject").addEventListener("click", () => choose(false));
+  document.getElementById("cky-settings").addEventListener("click", () => { banner.hidden = false; });
+  banner.hidden = state.done;
+  document.dispatchEvent(new CustomEvent("cookieyes_banner_load", {detail: window.getCkyConsent()}));
+})();"""
+
+DEMO_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}"
+    "nav a{margin-right:1rem} form{display:grid;gap:.5rem;max-width:20rem}"
+    "#cky-banner{position:fixed;z-index:2;left:1rem;right:1rem;bottom:1rem;max-width:30rem;margin:auto;"
+    "padding:0 1rem 1rem;background:#fff;border:1px solid #bbb;border-radius:.5rem;"
+    "box-shadow:0 2px 12px #0003}"
+    "#cky-settings{position:fixed;z-index:1;left:.5rem;bottom:.5rem;font-size:.75rem}"
+)
+
 DEMO_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title} - Acme demo shop</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}
-nav a{{margin-right:1rem}} form{{display:grid;gap:.5rem;max-width:20rem}}</style></head>
+<html><head><meta charset="utf-8"><script>{stub}</script><title>{title} - Acme demo shop</title>
+<style>{style}</style></head>
 <body><nav><a href="/">Home</a><a href="/products">Products</a><a href="/contact">Contact</a></nav>
-<h1>{title}</h1>{body}</body></html>"""
+<h1>{title}</h1>{body}{banner}<script>{consent}</script></body></html>"""
+
+# Products page: a custom event per button.
+ADD_TO_CART_SCRIPT = """document.querySelectorAll(".add-to-cart").forEach((button) => {
+  button.addEventListener("click", () => {
+    const {sku, price} = button.dataset;
+    HaloTrack.track("add_to_cart", {sku, price: Number(price), currency: "CZK"});
+    button.nextElementSibling.hidden = false;
+  });
+});"""
+
+# Contact page: tell HaloTrack who this visitor is, then let the form post as usual.
+IDENTIFY_SCRIPT = """document.getElementById("contact-form").addEventListener("submit", (event) => {
+  const form = event.currentTarget, who = {};
+  ["email", "phone"].forEach((name) => {
+    const value = form.elements[name].value.trim();
+    if (value) who[name] = value;
+  });
+  if (Object.keys(who).length) HaloTrack.identify(who);
+});"""
+
+
+def demo_page(title: str, body: str) -> web.Response:
+    text = DEMO_PAGE.format(title=title, body=body, stub=QUEUE_STUB, style=DEMO_STYLE, banner=CONSENT_BANNER,
+                            consent=CONSENT_SCRIPT)
+    return web.Response(text=text, content_type="text/html")
 
 
 def create_demo_site() -> web.Application:
-    """A tiny client site: pages, a contact form posting to HaloTrack, a cookie, a redirect."""
+    """A tiny client site: pages with a CookieYes-style banner, an add-to-cart event, a contact form posting
+    to HaloTrack (identify on submit), a redirect."""
 
     async def home(request: web.Request) -> web.Response:
         body = (
             "<p>Welcome to the Acme demo shop, served through HaloTrack.</p>"
+            "<p>Try it: arrive from an ad link below, accept or reject cookies in the banner (reopen it with "
+            "Cookie settings), add something to the cart on Products, then send the Contact form.</p>"
             "<p>Arrive as if from an ad:</p><ul>"
-            '<li><a href="/?utm_source=google&utm_medium=cpc&utm_campaign=summer&gclid=demo-gclid">Google Ads</a></li>'
-            '<li><a href="/?utm_source=facebook&utm_medium=social&fbclid=demo-fbclid">Facebook</a></li>'
-            '<li><a href="/?utm_source=newsletter&utm_medium=email">Newsletter</a></li></ul>'
+            '<li><a href="/?utm_source=google&amp;utm_medium=cpc&amp;utm_campaign=summer&amp;'
+            'gclid=demo-gclid">Google Ads</a></li>'
+            '<li><a href="/?utm_source=facebook&amp;utm_medium=social&amp;fbclid=demo-fbclid">'
+            "Facebook</a></li>"
+            '<li><a href="/?utm_source=newsletter&amp;utm_medium=email">Newsletter</a></li></ul>'
         )
-        return web.Response(text=DEMO_PAGE.format(title="Home", body=body), content_type="text/html")
+        return demo_page("Home", body)
 
     async def products(request: web.Request) -> web.Response:
-        body = "<ul><li>Anvil - 1 200 CZK</li><li>Rocket skates - 5 400 CZK</li></ul>"
-        return web.Response(text=DEMO_PAGE.format(title="Products", body=body), content_type="text/html")
+        items = "".join(
+            f'<li>{name} - {label} CZK <button type="button" class="add-to-cart" data-sku="{sku}" '
+            f'data-price="{price}">Add to cart</button> <small hidden>Added</small></li>'
+            for sku, name, price, label in (("anvil", "Anvil", 1200, "1 200"),
+                                            ("rocket-skates", "Rocket skates", 5400, "5 400")))
+        return demo_page("Products", f"<ul>{items}</ul><script>{ADD_TO_CART_SCRIPT}</script>")
 
     async def contact(request: web.Request) -> web.Response:
         body = (
-            '<form method="post" action="/_halo/webhook/lead">'
+            '<form id="contact-form" method="post" action="/_halo/webhook/lead">'
             '<input type="hidden" name="_redirect" value="/thanks">'
             '<input type="hidden" name="form_type" value="contact">'
             '<label>Email <input name="email" type="email" required></label>'
-            '<label>Phone <input name="phone"></label>'
+            '<label>Phone <input name="phone" type="tel"></label>'
             '<label>Message <textarea name="message"></textarea></label>'
-            '<button type="submit">Send</button></form>'
+            f'<button type="submit">Send</button></form><script>{IDENTIFY_SCRIPT}</script>'
         )
-        return web.Response(text=DEMO_PAGE.format(title="Contact", body=body), content_type="text/html")
+        return demo_page("Contact", body)
 
     async def thanks(request: web.Request) -> web.Response:
-        return web.Response(text=DEMO_PAGE.format(title="Thank you", body="<p>We will be in touch.</p>"),
-                            content_type="text/html")
+        return demo_page("Thank you", "<p>We will be in touch.</p>")
 
     app = web.Application()
     app.router.add_get("/", home)
