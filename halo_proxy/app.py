@@ -31,9 +31,10 @@ from .metrics import Metrics
 from .routes import browser as browser_routes
 from .routes import conversions as conversion_routes
 from .routes import health
-from .routes.browser import BrowserRoutes
+from .routes.browser import BrowserRoutes, Script
 from .routes.common import setup_error_answers, setup_fallback
 from .routes.conversions import RateLimits, Routes
+from .services.browser import BrowserVisits
 from .services.conversions import Conversions
 from .services.events import Events
 from .services.visits import Clock, VisitTracker, utc_now
@@ -171,7 +172,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
                               on_created=app[WORKER].wake)
     limits = RateLimits()
     app[ROUTES] = Routes(conversions, app[KEYS], limits, app[CLOCK])  # type: ignore[arg-type]
-    app[BROWSER] = BrowserRoutes(Events(app[DATABASE].pool, app[KEYS], app[METRICS]), app[KEYS], limits,
+    visits = BrowserVisits(app[DATABASE].pool, app[KEYS], app[WRITER], app[TRACKER], app[METRICS],
+                           app[CLOCK])  # type: ignore[arg-type]
+    app[BROWSER] = BrowserRoutes(Events(app[DATABASE].pool, app[KEYS], app[METRICS]), visits, app[KEYS], limits,
                                  app[CLOCK])  # type: ignore[arg-type]
     yield
 
@@ -279,7 +282,7 @@ def create_app(
     setup_error_answers(reserved, the_metrics)
     health.setup(reserved, "", lambda: app.get(DATABASE), lambda: app[STOPPING].draining)
     conversion_routes.setup(reserved, "", lambda: app.get(ROUTES), current)
-    browser_routes.setup(reserved, "", lambda: app.get(BROWSER), current)
+    browser_routes.setup(reserved, "", lambda: app.get(BROWSER), current, Script())
     setup_fallback(reserved)  # after every route of the prefix: 404
     app.add_subapp(prefix, reserved)
 

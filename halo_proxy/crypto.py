@@ -320,6 +320,21 @@ class KeyRing:
         opened = self.open_session_state(tenant, value)
         return None if opened is None else opened[0]
 
+    def session_from_ref(self, tenant: str, ref: object) -> uuid.UUID | None:
+        """A `session_id` as a body may send it: the `_halo` cookie value exactly as the browser sent it, or the
+        public id `HaloTrack.getSessionId()` returns (the session's UUID). None for anything else."""
+        if not ref or type(ref) is not str:
+            return None
+        sealed = self.open_session(tenant, ref)
+        if sealed is not None:
+            return sealed
+        if len(ref) > 36:
+            return None
+        try:
+            return uuid.UUID(ref)
+        except ValueError:
+            return None
+
     def open_session_state(self, tenant: str, value: object) -> tuple[uuid.UUID, int] | None:
         """(session id, state bits) sealed in a cookie value, or None; same guarantees as `open_session`."""
         if type(value) is not str or len(value) != _COOKIE_CHARS:

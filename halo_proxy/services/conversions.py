@@ -60,15 +60,7 @@ class Conversions:
 
     def session_from_ref(self, tenant: Tenant, ref: str | None) -> uuid.UUID | None:
         """A `_halo` cookie value exactly as the browser sent it, or the id `HaloTrack.getSessionId()` returns."""
-        if not ref:
-            return None
-        sealed = self.keys.open_session(tenant.id, ref)
-        if sealed is not None:
-            return sealed
-        try:
-            return uuid.UUID(ref)
-        except ValueError:
-            return None
+        return self.keys.session_from_ref(tenant.id, ref)
 
     async def find_session(self, tenant: Tenant, session_id: uuid.UUID,
                            conn: asyncpg.Pool | asyncpg.Connection | None = None) -> SessionRecord | None:

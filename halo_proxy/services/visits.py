@@ -25,8 +25,15 @@ from ..crypto import KeyRing, new_session_id, random_below
 from ..metrics import Metrics
 from ..storage.write_queue import PendingVisit, VisitWriter
 from ..tracking.consent import ConsentPolicy
-from ..tracking.models import AnonEvent, SessionWrite
-from ..tracking.visit import SiteRules, VisitFacts, decide_visit, set_cookie_header
+from ..tracking.models import AnonEvent, Consent, SessionWrite
+from ..tracking.visit import (
+    SiteRules,
+    VisitDecision,
+    VisitFacts,
+    decide_visit,
+    judge_visit,
+    set_cookie_header,
+)
 
 Clock = Callable[[], datetime]
 
@@ -45,7 +52,13 @@ def consent_policy(tenant: Tenant) -> ConsentPolicy:
         unknown=consent.unknown == "granted",
         onetrust_analytics_groups=consent.onetrust_analytics_groups,
         onetrust_marketing_groups=consent.onetrust_marketing_groups,
+        own_cookie=consent_cookie_name(tenant),
     )
+
+
+def consent_cookie_name(tenant: Tenant) -> str:
+    """HaloTrack's own consent cookie, named after the tenant's visitor cookie (`_halo_consent`)."""
+    return tenant.cookie.name + "_consent"
 
 
 class SystemFresh:
@@ -92,6 +105,15 @@ class VisitTracker:
         raw_cookie = facts.cookies.get(rules.cookie_name)
         opened = self.keys.open_session_state(tenant.id, raw_cookie) if raw_cookie is not None else None
         decision = decide_visit(facts, opened, rules, self._recent, self.clock(), self.fresh)
+        return self.carry_out(decision, tenant, client_ip, https)
+
+    def judge(self, facts: VisitFacts, consent: Consent, opened: tuple[UUID, int] | None,
+              tenant: Tenant) -> VisitDecision:
+        """A page reported by the browser (`/touch`, a consent granted on a page), judged under `consent`."""
+        return judge_visit(facts, consent, opened, self.rules(tenant), self._recent, self.clock(), self.fresh)
+
+    def carry_out(self, decision: VisitDecision, tenant: Tenant, client_ip: str | None, https: bool) -> list[str]:
+        """Seal or expire the cookies the decision names, queue its write, count it; the Set-Cookie values."""
         metrics = self.metrics
         if decision.skip is not None:
             metrics.skip(tenant.id, decision.skip)

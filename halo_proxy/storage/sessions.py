@@ -515,6 +515,8 @@ WITH gone AS (
     DELETE FROM touches WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
 ), events_gone AS (
     DELETE FROM events WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
+), consent_gone AS (
+    DELETE FROM consent_changes WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
 )
 SELECT count(*) FROM gone
 """
@@ -526,13 +528,15 @@ WITH gone AS (
     DELETE FROM touches WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
 ), events_gone AS (
     DELETE FROM events WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
+), consent_gone AS (
+    DELETE FROM consent_changes WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
 )
 SELECT count(*) FROM gone
 """
 
 
 async def delete_sessions(db: Executor, tenant_id: str, session_ids: Sequence[UUID]) -> int:
-    """Delete sessions with their touches and events (one statement); return how many sessions existed."""
+    """Delete sessions with their touches, events and consent history (one statement); return how many sessions existed."""
     if not session_ids:
         return 0
     with translate_errors():

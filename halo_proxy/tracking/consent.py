@@ -11,6 +11,12 @@ error. When several CMP cookies are present the first reader in CMP_PRECEDENCE t
 
 Site-specific CMP cookies come before the TCF string because they carry the site's own analytics/marketing
 categories, while the TCF string speaks for ad vendors and is often written by the same CMP alongside its own cookie.
+
+HaloTrack's own consent cookie (`<cookie name>_consent`, set by `POST /_halo/consent` when `t.js` reports a banner
+change or the page calls `HaloTrack.consent`) is read beside them: where both speak, the more restrictive wins for
+each use, so a withdrawal through either is honoured even when the other was not told. Withdrawing analytics through
+it withdraws marketing too (HaloTrack stops tracking the visitor altogether).
+
 `Sec-GPC: 1` then forces marketing off whatever the CMP says.
 """
 
@@ -34,8 +40,10 @@ SOURCE_COMPLIANZ = "complianz"
 SOURCE_TCF = "tcf"
 SOURCE_GPC = "gpc"
 SOURCE_UNKNOWN = "unknown"
+SOURCE_HALOTRACK = "halotrack"
 SOURCES: tuple[str, ...] = (
     SOURCE_COOKIEBOT, SOURCE_ONETRUST, SOURCE_COOKIEYES, SOURCE_COMPLIANZ, SOURCE_TCF, SOURCE_GPC, SOURCE_UNKNOWN,
+    SOURCE_HALOTRACK,
 )
 
 # Consent cookies are small; a much longer value is not one and is not parsed.
@@ -53,6 +61,7 @@ class ConsentPolicy:
     unknown: bool = True
     onetrust_analytics_groups: tuple[str, ...] = ("C0002",)
     onetrust_marketing_groups: tuple[str, ...] = ("C0004",)
+    own_cookie: str = "_halo_consent"  # HaloTrack's own consent record (`own_consent_value`)
 
 
 DEFAULT_POLICY = ConsentPolicy()
@@ -225,6 +234,38 @@ def _read_cmps(cookies: Mapping[str, str], policy: ConsentPolicy) -> Consent | N
     return None
 
 
+# --- HaloTrack's own consent cookie -------------------------------------------------------------------------
+
+_OWN = re.compile(r"v1\.([01])([01])")
+
+
+def own_consent_value(analytics: bool, marketing: bool) -> str:
+    """The value of HaloTrack's consent cookie: `v1.<analytics><marketing>`, each 0 or 1."""
+    return f"v1.{int(analytics)}{int(analytics and marketing)}"
+
+
+def read_own(value: str | None) -> Consent | None:
+    """HaloTrack's consent cookie as a Consent (analytics off turns marketing off), None when absent or not ours."""
+    if value is None:
+        return None
+    found = _OWN.fullmatch(value.strip())
+    if found is None:
+        return None
+    analytics = found[1] == "1"
+    return Consent(analytics=analytics, marketing=analytics and found[2] == "1", explicit=True,
+                   source=SOURCE_HALOTRACK)
+
+
+def _restrict(cmp: Consent | None, own: Consent | None) -> Consent | None:
+    """Both signals: each use only when both allow it; the source names who restricted it."""
+    if own is None or cmp is None:
+        return cmp if own is None else own
+    analytics, marketing = cmp.analytics and own.analytics, cmp.marketing and own.marketing
+    if analytics == cmp.analytics and marketing == cmp.marketing:
+        return cmp
+    return Consent(analytics=analytics, marketing=marketing, explicit=True, source=SOURCE_HALOTRACK)
+
+
 def has_gpc(headers: Mapping[str, str]) -> bool:
     value = headers.get("sec-gpc")
     return value is not None and value.strip() == "1"
@@ -260,7 +301,7 @@ def parse_consent(
     The result depends only on the CMP cookies present, Sec-GPC and the policy: a visit with none of them gets the
     policy's default at once, and decisions for recurring cookie values are kept in a bounded LRU cache.
     """
-    values = tuple([cookies.get(name) for name in CMP_COOKIE_NAMES])
+    values = (*[cookies.get(name) for name in CMP_COOKIE_NAMES], cookies.get(policy.own_cookie))
     gpc = has_gpc(headers)
     if not gpc and values.count(None) == len(values):
         default = _NO_SIGNAL.get(policy.unknown)
@@ -272,8 +313,8 @@ def parse_consent(
 
 
 def _decide(values: tuple[str | None, ...], gpc: bool, policy: ConsentPolicy) -> Consent:
-    cookies = {name: value for name, value in zip(CMP_COOKIE_NAMES, values, strict=True) if value is not None}
-    consent = _read_cmps(cookies, policy)
+    cookies = {name: value for name, value in zip(CMP_COOKIE_NAMES, values[:-1], strict=True) if value is not None}
+    consent = _restrict(_read_cmps(cookies, policy), read_own(values[-1]))
     if consent is None:
         if gpc:
             return Consent(analytics=policy.unknown, marketing=False, gpc=True, source=SOURCE_GPC)

@@ -199,12 +199,19 @@ def decide_visit(facts: VisitFacts, opened: tuple[UUID, int] | None, site: SiteR
       within REPEAT_SECONDS (a reload). With marketing consent `_fbp` is kept or made, and `_fbc` follows the
       latest fbclid.
     """
-    headers = facts.headers
-    reason = skip_reason(facts.method, facts.path, headers, site.reserved_prefix)
+    reason = skip_reason(facts.method, facts.path, facts.headers, site.reserved_prefix)
     if reason is not None:
         return _SKIPS[reason]
+    return judge_visit(facts, parse_consent(facts.cookies, facts.headers, site.consent), opened, site, recent, now,
+                       fresh)
+
+
+def judge_visit(facts: VisitFacts, consent: Consent, opened: tuple[UUID, int] | None, site: SiteRules,
+                recent: Recent, now: datetime, fresh: Fresh) -> VisitDecision:
+    """A page view under this consent: `decide_visit` past its skip rules, and what `POST /touch` (consent from
+    its body) and a consent granted on a page (`POST /consent`) judge the page they report."""
+    headers = facts.headers
     cookies = facts.cookies
-    consent = parse_consent(cookies, headers, site.consent)
     query = facts.query
     referer = headers.get("Referer")
     if referer is not None and not referer.isascii():

@@ -35,7 +35,7 @@ async def generic_plan(conn: asyncpg.Connection, sql: str) -> list[dict[str, Any
 
 # Enough rows, spread over tenants, for the planner to cost plans as in production (statistics from ANALYZE).
 _SEED = """
-TRUNCATE sessions, touches, identities, conversions, forwards, forward_attempts, events;
+TRUNCATE sessions, touches, identities, conversions, forwards, forward_attempts, events, consent_changes;
 INSERT INTO sessions (tenant_id, id, created_at, updated_at, ft_channel, ft_landing_path, ft_at,
                       lt_channel, lt_landing_path, lt_at, consent_analytics, consent_marketing,
                       ip_enc, user_agent_enc)
@@ -47,6 +47,8 @@ SELECT s.tenant_id, s.id, s.created_at + n * interval '1 hour', 'Direct', '/'
 FROM sessions s, generate_series(0, 2) n;
 INSERT INTO events (tenant_id, session_id, name, props_enc, at)
 SELECT s.tenant_id, s.id, 'seen', NULL, s.created_at FROM sessions s, generate_series(0, 1) n;
+INSERT INTO consent_changes (tenant_id, session_id, at, analytics, marketing, gpc, change)
+SELECT s.tenant_id, s.id, s.created_at, true, false, false, 'updated' FROM sessions s;
 INSERT INTO identities (tenant_id, session_id, kind, bidx, enc, created_at, last_seen_at)
 SELECT tenant_id, id, 'email', sha256(id::text::bytea), ip_enc, created_at, created_at FROM sessions;
 INSERT INTO conversions (id, tenant_id, kind, source, external_id, created_at, occurred_at,

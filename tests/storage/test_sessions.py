@@ -274,6 +274,8 @@ async def test_retention_purge(db_pool: asyncpg.Pool, tenant: str) -> None:
 
 async def test_session_deletes_read_through_indexes(planner: asyncpg.Connection) -> None:
     await assert_indexed(planner, sessions._DELETE_SESSIONS,
-                         {"sessions_pkey", "touches_tenant_session_at", "events_session"})
+                         {"sessions_pkey", "touches_tenant_session_at", "events_session",
+                          "consent_changes_session"})
     await assert_indexed(planner, sessions._PURGE_SESSIONS,
-                         {"sessions_tenant_updated_at", "touches_tenant_session_at", "events_session"})
+                         {"sessions_tenant_updated_at", "touches_tenant_session_at", "events_session",
+                          "consent_changes_session"})
