@@ -100,9 +100,12 @@ async def test_the_script_is_small_cached_and_revalidated(site, http):
         etag = resp.headers["ETag"]
     assert len(body) <= 3 * 1024, f"t.js is {len(body)} bytes gzipped"
     assert gzip.decompress(body) == Script().body
-    async with http.get(url(site, "/_halo/t.js"), headers={"Host": HOST, "If-None-Match": etag}) as resp:
-        assert resp.status == 304
-        assert await resp.read() == b""
+    for condition in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        async with http.get(url(site, "/_halo/t.js"), headers={"Host": HOST, "If-None-Match": condition}) as resp:
+            assert resp.status == 304, condition
+            assert await resp.read() == b""
+    async with http.get(url(site, "/_halo/t.js"), headers={"Host": HOST, "Accept-Encoding": "br, gzip;q=0"}) as resp:
+        assert "Content-Encoding" not in resp.headers
     async with http.get(url(site, "/_halo/t.js"), headers={"Host": HOST, "Accept-Encoding": "identity"}) as resp:
         assert "Content-Encoding" not in resp.headers
         assert await resp.read() == Script().body
@@ -154,6 +157,7 @@ ORIGIN = {"Origin": f"http://{HOST}", "Referer": f"http://{HOST}/products"}
     ({"analytics": True, "marketing": True, "url": "javascript:alert(1)"}, 422, "invalid_field", "url"),
     ({"analytics": True, "marketing": True, "url": "https://evil.example/"}, 422, "invalid_field", "url"),
     (b'{"analytics": true, "marketing": true, "pad": "' + b"x" * 9000 + b'"}', 413, "body_too_large", None),
+    (b'{"analytics": false, "marketing": false, "analytics": true}', 400, "invalid_json", None),
 ])
 async def test_bad_consent_bodies_are_named_and_change_nothing(site, http, clean, body, status, code, field):
     got, headers, answer = await post(http, site, "/consent", body, **ORIGIN)
@@ -163,7 +167,8 @@ async def test_bad_consent_bodies_are_named_and_change_nothing(site, http, clean
 
 
 async def test_consent_from_another_origin_is_refused(site, http, clean):
-    for origin in ({"Origin": "https://evil.example"}, {}, {"Origin": OUTSIDE}):
+    for origin in ({"Origin": "https://evil.example"}, {}, {"Origin": OUTSIDE}, {"Origin": f"http://{HOST}:8081"},
+                   {"Origin": "null"}, {"Origin": "null", "Referer": f"http://{HOST}:1/"}):
         status, headers, answer = await post(http, site, "/consent", {"analytics": True, "marketing": True},
                                              **origin)
         assert (status, answer["error"]) == (403, "forbidden_origin")
@@ -292,6 +297,10 @@ async def test_touch_with_consent_denied_keeps_only_the_aggregate(site, http, cl
 @pytest.mark.parametrize("body, origin, status, code, field", [
     ({"url": f"{OUTSIDE}/"}, "https://evil.example", 403, "forbidden_origin", None),
     ({"url": f"{OUTSIDE}/"}, None, 403, "forbidden_origin", None),
+    ({"url": f"{OUTSIDE}/"}, "null", 403, "forbidden_origin", None),
+    ({"url": f"http://{HOST}/"}, f"http://{HOST}", 403, "forbidden_origin", None),  # the site's own: /session
+    (b'{"url": "https://landing.example/", "url": "https://landing.example/x"}', OUTSIDE, 400, "invalid_json",
+     None),
     ({}, OUTSIDE, 422, "invalid_field", "url"),
     ({"url": 5}, OUTSIDE, 422, "invalid_field", "url"),
     ({"url": "https://other.example/"}, OUTSIDE, 422, "invalid_field", "url"),
@@ -313,3 +322,61 @@ async def test_bad_touches_are_named_and_store_nothing(site, http, clean, body, 
     assert await site.app[WRITER].flush()
     assert await clean.fetchval("SELECT count(*) FROM sessions") == 0
     assert await clean.fetchval("SELECT count(*) FROM anon_events") == 0
+
+
+async def test_a_known_route_asked_with_another_method_is_405_with_allow(site, http):
+    for path, allow in (("/_halo/event", "OPTIONS, POST"), ("/_halo/consent", "POST"), ("/_halo/t.js", "GET, HEAD")):
+        async with http.put(url(site, path), headers={"Host": HOST}) as resp:
+            assert resp.status == 405, path
+            assert resp.headers["Allow"] == allow
+            assert (await resp.json())["error"] == "method_not_allowed"
+    async with http.get(url(site, "/_halo/nothing-here"), headers={"Host": HOST}) as resp:
+        assert resp.status == 404
+
+
+async def test_an_old_public_id_cannot_bring_a_withdrawn_session_back(site, http, clean):
+    page = f"{OUTSIDE}/?utm_source=google"
+    _, _, first = await post(http, site, "/touch", {"url": page}, Origin=OUTSIDE)
+    withdraw = {"url": page, "session_id": first["session_id"], "consent": {"analytics": False, "marketing": False}}
+    assert (await post(http, site, "/touch", withdraw, Origin=OUTSIDE))[2] == {"session_id": None}
+    revive = {"url": f"{OUTSIDE}/?utm_source=attacker&gclid=x", "session_id": first["session_id"],
+              "consent": {"analytics": True, "marketing": True}}
+    _, _, again = await post(http, site, "/touch", revive, Origin=OUTSIDE)
+    assert again["session_id"] not in (None, first["session_id"])
+    assert await site.app[WRITER].flush()
+    old = await clean.fetchrow("SELECT * FROM sessions WHERE id = $1::uuid", first["session_id"])
+    assert (old["consent_analytics"], old["lt_source"], old["ip_hash"]) == (False, "google", None)
+    assert [c.change for c in await consent_store.changes_for_sessions(
+        clean, "shop", [old["id"]])] == ["withdrawn"]
+
+
+async def test_identify_never_links_a_session_without_consent(site, http, clean):
+    cookie = await land(http, site)
+    public = str(KEYS.open_session("shop", cookie))
+    denied_banner = "cookieyes-consent=consentid:x,consent:no,action:yes,necessary:yes,analytics:no,advertisement:no"
+    for jar in (f"_halo={cookie}; {denied_banner}", f"_halo={cookie}; _halo_consent=v1.00"):
+        status, _, answer = await post(http, site, "/identify", {"email": "no@example.com"}, jar,
+                                       Origin=f"http://{HOST}")
+        assert (status, answer) == (200, {"session_id": None, "linked": []})
+    await post(http, site, "/consent", {"analytics": False, "marketing": False}, f"_halo={cookie}", **ORIGIN)
+    status, _, answer = await post(http, site, "/identify", {"email": "after@example.com", "session_id": public})
+    assert (status, answer) == (200, {"session_id": None, "linked": []})
+    assert await clean.fetchval("SELECT count(*) FROM identities") == 0
+
+
+async def test_a_withdrawal_seen_on_a_page_view_takes_the_identifiers_too(site, http, clean):
+    cookie = await land(http, site, "/?utm_source=facebook&fbclid=f")
+    session_id = KEYS.open_session("shop", cookie)
+    await post(http, site, "/identify", {"email": "ann@example.com"}, f"_halo={cookie}", Origin=f"http://{HOST}")
+    denied = "cookieyes-consent=consentid:x,consent:no,action:yes,necessary:yes,analytics:no,advertisement:no"
+    async with http.get(url(site, "/products"), headers={**PAGE, "Cookie": f"_halo={cookie}; {denied}"}) as resp:
+        assert "Max-Age=0" in set_cookies(resp.headers)["_halo"]
+    assert await site.app[WRITER].flush()
+    row = await clean.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
+    assert (row["consent_analytics"], row["consent_marketing"], row["ip_hash"], row["ip_enc"],
+            row["user_agent_enc"], row["fbc"]) == (False, False, None, None, None, None)
+    assert await clean.fetchval("SELECT count(*) FROM identities") == 0
+    assert [c.change for c in await consent_store.changes_for_sessions(clean, "shop", [session_id])] == [
+        "withdrawn"]
+    status, _, answer = await post(http, site, "/event", {"name": "late", "session_id": str(session_id)})
+    assert answer == {"accepted": False}

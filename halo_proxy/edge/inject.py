@@ -13,10 +13,11 @@ streams through unchanged. A page in UTF-16 (its BOM) is left untouched: the tag
 
 `Recoder` does the same through a content coding (gzip, deflate, br): decoded in bounded pieces (a small gzip bomb
 never becomes one large buffer), injected, re-encoded in the same coding with a flush per chunk so the page keeps
-streaming. gzip and deflate go through ISA-L (`isal`, the same formats as zlib): re-encoding a 30 KB page takes it
-about 70 µs at level 1 where zlib needs 365 µs at level 1 and 790 µs at its default, with a smaller result than
-zlib's level 1 (`bench/micro.py inject`). Brotli at quality 1 costs about as much and stays within 10 % of quality 4's
-size on pages.
+streaming; a page that arrived whole is done in one go (`feed_all`, no flushes). gzip and deflate go through ISA-L
+(`isal`, the same formats as zlib): encoding the 30 KB page of `bench/micro.py inject` takes it about 38 µs at level
+1, where zlib needs about 79 µs at level 1 and 247 µs at its default, with a smaller result than zlib's level 1.
+Brotli at quality 1 takes about 59 µs (quality 4: 211 µs, but a third smaller): speed first, as the page is still
+an eleventh of its identity size.
 
 `csp_allows` decides from the upstream's Content-Security-Policy whether a same-origin script may run, and with
 which nonce; `plan_injection` decides, from the request and the upstream's answer head, whether to inject (or why
@@ -34,6 +35,10 @@ from isal import isal_zlib
 
 LOOKAHEAD = 64 * 1024  # bytes held back at most while the insertion point (and an existing tag) is looked for
 DECODE_PIECE = 256 * 1024  # decoded bytes produced at a time from one compressed chunk
+# An injected page decodes to at most this much; past it, a page that arrived whole is passed on as it came and a
+# streamed one is cut off (a compression bomb would otherwise hold the event loop for seconds: 6 KB of br can
+# decode to 4 GB). A 20 MB page is injected.
+MAX_DECODED = 32 * 1024 * 1024
 GZIP_LEVEL = 1  # ISA-L's levels are 0-3; 1 is its balanced default
 BROTLI_QUALITY = 1
 
@@ -47,6 +52,9 @@ NOT_ASCII_COMPATIBLE = "charset"
 _RAW_TEXT = frozenset({b"script", b"style", b"title", b"textarea", b"template", b"noscript", b"xmp", b"iframe",
                        b"noembed", b"noframes"})
 _NAME_END = b" \t\n\r\f/>"
+_SPACE = b" \t\n\r\f"
+_SPACE_GT = b" \t\n\r\f>"
+_HEAD_END = re.compile(rb"</head|<body", re.IGNORECASE)
 _BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
@@ -55,20 +63,31 @@ class Injector:
 
     def __init__(self, tag: bytes, marker: bytes, lookahead: int = LOOKAHEAD):
         self.tag = tag
-        self.marker = marker.lower()  # a page whose beginning holds this (the script's path) is already tagged
+        self.marker = marker.lower()  # a page whose head holds this (the script's path) is already tagged
+        self._marker = re.compile(re.escape(self.marker), re.IGNORECASE)
         self.lookahead = lookahead
         self.outcome: str | None = None  # set once decided
-        self._held = bytearray()
+        self._held: bytes | bytearray = b""
         self._pos = 0  # where the tokenizer resumes in _held
         self._at: int | None = None  # the insertion point, once found
         self._where: str | None = None
+        self._start = 0  # where "the start of the document" is: after a leading doctype
+        self._seen_element = False
+        self._waiting: tuple[re.Pattern[bytes], int, bool] | None = None  # a search to resume (`_skip`)
+        self._head_from = 0  # where the search for the end of <head> resumes
 
     # -- the stream ----------------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> bytes:
         if self.outcome is not None:
             return data
-        self._held += data
+        held = self._held
+        if not held:
+            self._held = data  # the common case, a page whose head is in its first chunk: no copy
+        else:
+            if type(held) is bytes:
+                self._held = held = bytearray(held)
+            held += data
         if len(self._held) >= 2 and self._held[:2] in _BOMS:
             return self._decide(NOT_ASCII_COMPATIBLE, None)
         if self._at is None:
@@ -76,7 +95,7 @@ class Injector:
         if self._at is not None:
             return self._after_insertion_point(final=False)
         if len(self._held) > self.lookahead:  # neither <head nor <body early enough
-            return self._decide(INJECTED_START, 0)
+            return self._decide(INJECTED_START, self._start)
         return b""
 
     def finish(self) -> bytes:
@@ -86,36 +105,58 @@ class Injector:
             return self._decide(NOT_ASCII_COMPATIBLE, None)
         if self._at is not None:
             return self._after_insertion_point(final=True)
-        return self._decide(INJECTED_START, 0)
+        return self._decide(INJECTED_START, self._start)
 
     # -- deciding ------------------------------------------------------------------------------------------
 
     def _after_insertion_point(self, *, final: bool) -> bytes:
-        """The insertion point is known: wait (bounded) for the end of <head> to see whether the tag is there."""
-        held = bytes(self._held)
-        lower = held.lower()
-        if self.marker in lower:
-            return self._decide(ALREADY_TAGGED, None)
+        """The insertion point is known: wait (bounded) for the end of <head> to see whether the tag is there.
+        Only the page up to the end of its head is searched (case-insensitively, without copying it), so a page
+        that names the script further down is injected the same however it was chunked."""
+        held = self._held
         at = self._at or 0
-        head_seen = self._where == INJECTED_BODY or b"</head" in lower[at:] or b"<body" in lower[at:]
-        if final or head_seen or len(held) - at > self.lookahead:
-            return self._decide(self._where or INJECTED_START, at)
-        return b""
+        if self._where == INJECTED_BODY:
+            head_end: int | None = at
+        else:
+            found = _HEAD_END.search(held, max(at, self._head_from))
+            head_end = found.start() if found is not None else None
+            self._head_from = max(at, len(held) - 8)
+        if head_end is None and not final and len(held) - at <= self.lookahead:
+            return b""
+        if self._marker.search(held, 0, len(held) if head_end is None else head_end):
+            return self._decide(ALREADY_TAGGED, None)
+        return self._decide(self._where or INJECTED_START, at)
+
+    def feed_all(self, data: bytes) -> bytes:
+        """A page that arrived whole: `feed` then `finish`."""
+        return self.feed(data) + self.finish()
 
     def _decide(self, outcome: str, at: int | None) -> bytes:
         self.outcome = outcome
-        held = bytes(self._held)
-        self._held = bytearray()
+        held = self._held
+        self._held = b""
         if at is None:
-            return held
-        return held[:at] + self.tag + held[at:]
+            return bytes(held)
+        view = memoryview(held)
+        return b"".join((view[:at], self.tag, view[at:]))  # one copy
 
     # -- the tokenizer -------------------------------------------------------------------------------------
 
     def _scan(self) -> None:
-        """Walk whole tokens from `_pos`; stop at the insertion point, or where a token is not complete yet."""
+        """Walk whole tokens from `_pos`; stop at the insertion point, or where a token is not complete yet (a
+        search that must wait for more bytes resumes where it stopped, so a page fed a byte at a time costs no
+        more than one fed whole). The token rules follow the HTML tokenizer where a `<head` could hide."""
         buf = self._held
         n = len(buf)
+        waiting = self._waiting
+        if waiting is not None:
+            pattern, start, use_end = waiting
+            found = pattern.search(buf, start)
+            if found is None:
+                self._waiting = (pattern, max(start, n - 16), use_end)
+                return
+            self._waiting = None
+            self._pos = found.end() if use_end else found.start()
         while True:
             lt = buf.find(b"<", self._pos)
             if lt == -1:
@@ -125,29 +166,34 @@ class Injector:
                 self._pos = lt
                 return
             nxt = buf[lt + 1]
-            if nxt == 0x21:  # "!": a comment, a doctype, CDATA
-                if buf[lt:lt + 4] == b"<!--":
-                    end = buf.find(b"-->", lt + 4)
-                    if end == -1:
-                        self._pos = lt
-                        return
-                    self._pos = end + 3
-                    continue
+            if nxt == 0x21:  # "!": a comment, a doctype, CDATA (a bogus comment in HTML)
                 if n - lt < 4 and b"<!--".startswith(bytes(buf[lt:])):
                     self._pos = lt
                     return
-                end = buf.find(b">", lt + 2)
-                if end == -1:
-                    self._pos = lt
+                if buf[lt:lt + 4] == b"<!--":
+                    # ends at "-->" or "--!>"; "<!-->" and "<!--->" are whole (empty) comments
+                    if not self._skip(_COMMENT_END, lt + 2, True):
+                        return
+                    continue
+                word = bytes(buf[lt + 2:lt + 9]).lower()
+                if len(word) < 7 and b"doctype".startswith(word):
+                    self._pos = lt  # perhaps a doctype: wait for its name
                     return
-                self._pos = end + 1
+                if word == b"doctype":
+                    end = buf.find(b">", lt + 9)  # a doctype is short: searched again whole if split
+                    if end == -1:
+                        self._pos = lt
+                        return
+                    self._pos = end + 1
+                    if not self._seen_element:
+                        self._start = self._pos  # "the start" of the document is after its doctype
+                    continue
+                if not self._skip(_GT, lt + 2, True):
+                    return
                 continue
-            if nxt == 0x3F or nxt == 0x2F:  # "?" a processing instruction, "/" an end tag
-                end = buf.find(b">", lt + 2)
-                if end == -1:
-                    self._pos = lt
+            if nxt == 0x3F or nxt == 0x2F:  # "?" a processing instruction, "/" an end tag: up to ">"
+                if not self._skip(_GT, lt + 2, True):
                     return
-                self._pos = end + 1
                 continue
             if not (0x41 <= nxt <= 0x5A or 0x61 <= nxt <= 0x7A):  # "<" not opening a tag: text
                 self._pos = lt + 1
@@ -169,37 +215,65 @@ class Injector:
             if name == b"head":
                 self._at, self._where = tag_end, INJECTED_HEAD
                 return
-            if name in _RAW_TEXT and buf[tag_end - 2] != 0x2F:  # content up to its end tag is not markup
-                close = _find_ci(buf, b"</" + name, tag_end)
-                if close == -1:
-                    self._pos = lt
+            self._seen_element = True
+            if name in _RAW_TEXT:  # its content, up to its end tag, is not markup (`<script/>` included)
+                if not self._skip(_raw_end(name), tag_end, False):
                     return
-                self._pos = close
                 continue
             self._pos = tag_end
 
+    def _skip(self, pattern: re.Pattern[bytes], start: int, use_end: bool) -> bool:
+        """Move `_pos` to the pattern's match from `start` (its end or its start); False, and remember where to
+        resume, when it is not in the bytes yet."""
+        found = pattern.search(self._held, start)
+        if found is None:
+            self._waiting = (pattern, max(start, len(self._held) - 16), use_end)
+            self._pos = len(self._held)
+            return False
+        self._pos = found.end() if use_end else found.start()
+        return True
 
-def _tag_end(buf: bytearray, start: int) -> int:
-    """Just past the `>` closing the tag whose attributes begin at `start` (quotes respected), or -1."""
+
+def _tag_end(buf: bytes | bytearray, start: int) -> int:
+    """Just past the `>` closing the tag whose attributes begin at `start`, or -1. As the HTML tokenizer does, a
+    quote opens a value only right after `=` (and optional whitespace); an unquoted value runs to whitespace or
+    `>`; a quote anywhere else (`<html data-note=it's>`) is an ordinary character."""
     i, n = start, len(buf)
-    quote = 0
     while i < n:
         c = buf[i]
-        if quote:
-            if c == quote:
-                quote = 0
-        elif c == 0x22 or c == 0x27:
-            quote = c
-        elif c == 0x3E:
+        if c == 0x3E:
             return i + 1
+        if c != 0x3D:
+            i += 1
+            continue
         i += 1
+        while i < n and buf[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return -1
+        quote = buf[i]
+        if quote == 0x22 or quote == 0x27:
+            close = buf.find(b'"' if quote == 0x22 else b"'", i + 1)
+            if close == -1:
+                return -1
+            i = close + 1
+            continue
+        while i < n and buf[i] not in _SPACE_GT:
+            i += 1
     return -1
 
 
-def _find_ci(buf: bytearray, needle: bytes, start: int) -> int:
-    """Where `needle` (lowercase) starts in `buf` from `start`, ignoring ASCII case, or -1."""
-    found = bytes(buf[start:]).lower().find(needle)
-    return -1 if found == -1 else found + start
+_COMMENT_END = re.compile(rb"--!?>")
+_GT = re.compile(rb">")
+_RAW_ENDS: dict[bytes, re.Pattern[bytes]] = {}
+
+
+def _raw_end(name: bytes) -> re.Pattern[bytes]:
+    """Where a raw-text element's content ends: `</name` then whitespace, `/` or `>`, in any case."""
+    pattern = _RAW_ENDS.get(name)
+    if pattern is None:
+        pattern = _RAW_ENDS[name] = re.compile(rb"</" + re.escape(name) + rb"[\t\n\f\r />]", re.IGNORECASE)
+    return pattern
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,29 +288,40 @@ class Recoder:
     def __init__(self, coding: str, injector: Injector):
         self.injector = injector
         self.coding = coding
+        self.decoded = 0  # bytes decoded so far (MAX_DECODED)
         if coding in ("gzip", "x-gzip"):
             self._decoder: Callable[[bytes], Iterator[bytes]] = _zlib_decoder(31)
             comp = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
             self._encode = lambda data: comp.compress(data) + comp.flush(isal_zlib.Z_SYNC_FLUSH)
+            self._compress = comp.compress
             self._close = comp.flush
         elif coding == "deflate":
             self._decoder = _zlib_decoder(15)
             comp = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 15)
             self._encode = lambda data: comp.compress(data) + comp.flush(isal_zlib.Z_SYNC_FLUSH)
+            self._compress = comp.compress
             self._close = comp.flush
         elif coding == "br":
             self._decoder = _brotli_decoder()
             encoder = brotli.Compressor(quality=BROTLI_QUALITY)
             self._encode = lambda data: encoder.process(data) + encoder.flush()
+            self._compress = encoder.process
             self._close = encoder.finish
         else:
             raise ValueError(f"unsupported content coding {coding!r}")
+
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
+        for piece in self._decoder(data):
+            self.decoded += len(piece)
+            if self.decoded > MAX_DECODED:
+                raise TooLarge(f"the page decodes to more than {MAX_DECODED} bytes")
+            yield piece
 
     def feed(self, data: bytes) -> bytes:
         """The encoded bytes to send for this chunk. Decoded a piece at a time, each piece injected and encoded
         before the next is decoded: a chunk that inflates a thousandfold never sits decoded in memory."""
         out = []
-        for piece in self._decoder(data):
+        for piece in self._pieces(data):
             injected = self.injector.feed(piece)
             if injected:
                 out.append(self._encode(injected))
@@ -247,37 +332,57 @@ class Recoder:
         rest = self.injector.finish()
         return tail + (self._encode(rest) if rest else b"") + self._close()
 
+    def feed_all(self, data: bytes) -> bytes:
+        """A page that arrived whole: decoded, injected and encoded in one go, with no flush on the way."""
+        injector = self.injector
+        pieces = [injector.feed(piece) for piece in self._pieces(data)]
+        pieces.append(injector.feed(b""))
+        pieces.append(injector.finish())
+        return self._compress(b"".join(pieces)) + self._close()
+
 
 class DecodeError(ValueError):
     """The upstream's compressed page could not be decoded."""
 
 
+class TooLarge(DecodeError):
+    """The page decodes to more than MAX_DECODED bytes: a compression bomb, or a page too large to re-encode
+    without holding the event loop."""
+
+
 def _zlib_decoder(wbits: int) -> Callable[[bytes], Iterator[bytes]]:
+    """gzip (31) or deflate (15, or a raw deflate stream as some servers send) decoded in pieces; a gzip body of
+    several members (RFC 1952 allows it; browsers read them all) is decoded member after member."""
     state = {"d": isal_zlib.decompressobj(wbits), "settled": wbits != 15}
 
     def decode(data: bytes) -> Iterator[bytes]:
         d = state["d"]
-        try:
-            piece = d.decompress(data, DECODE_PIECE)
-        except isal_zlib.error as err:
-            if state["settled"]:
-                raise DecodeError(str(err)) from err
-            # "deflate" sent as a raw deflate stream, as some servers do
-            state["d"] = d = isal_zlib.decompressobj(-15)
+        while True:
             try:
                 piece = d.decompress(data, DECODE_PIECE)
-            except isal_zlib.error as err2:
-                raise DecodeError(str(err2)) from err2
-        state["settled"] = True
-        while True:
-            if piece:
-                yield piece
-            if not d.unconsumed_tail:
-                return
-            try:
-                piece = d.decompress(d.unconsumed_tail, DECODE_PIECE)
             except isal_zlib.error as err:
-                raise DecodeError(str(err)) from err
+                if state["settled"]:
+                    raise DecodeError(str(err)) from err
+                # "deflate" sent as a raw deflate stream
+                state["d"] = d = isal_zlib.decompressobj(-15)
+                try:
+                    piece = d.decompress(data, DECODE_PIECE)
+                except isal_zlib.error as err2:
+                    raise DecodeError(str(err2)) from err2
+            state["settled"] = True
+            while True:
+                if piece:
+                    yield piece
+                if not d.unconsumed_tail:
+                    break
+                try:
+                    piece = d.decompress(d.unconsumed_tail, DECODE_PIECE)
+                except isal_zlib.error as err:
+                    raise DecodeError(str(err)) from err
+            if wbits != 31 or not d.eof or not d.unused_data:
+                return
+            data = d.unused_data  # the next gzip member
+            state["d"] = d = isal_zlib.decompressobj(31)
 
     return decode  # type: ignore[return-value]
 
@@ -308,8 +413,9 @@ _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
 
 def csp_allows(policies: list[str]) -> tuple[bool, str | None]:
     """Whether a same-origin external script may load under these Content-Security-Policy headers, and the nonce
-    to give it (the upstream's own, so the page's policy stays as it is). Every policy must allow it."""
-    nonce: str | None = None
+    to give it (the upstream's own, so the page's policy stays as it is). Every policy must allow it: policies
+    that admit scripts by nonce must share one."""
+    shared: set[str] | None = None
     for policy in policies:
         directives: dict[str, list[str]] = {}
         for part in policy.split(";"):
@@ -319,17 +425,19 @@ def csp_allows(policies: list[str]) -> tuple[bool, str | None]:
         sources = directives.get("script-src-elem", directives.get("script-src", directives.get("default-src")))
         if sources is None:
             continue
-        found = next((m.group(1) for s in sources if (m := _NONCE.fullmatch(s))), None)
+        nonces = {m.group(1) for s in sources if (m := _NONCE.fullmatch(s))}
         lowered = [s.lower() for s in sources]
-        if "'strict-dynamic'" in lowered or found is not None:
-            if found is None:
+        if "'strict-dynamic'" in lowered or nonces:
+            if not nonces:
                 return False, None
-            nonce = found
+            shared = nonces if shared is None else shared & nonces
+            if not shared:
+                return False, None
             continue
         if "'self'" in lowered or "*" in lowered or "http:" in lowered or "https:" in lowered:
             continue
         return False, None
-    return True, nonce
+    return True, (min(shared) if shared else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,6 +457,7 @@ SKIP_REASONS = (SKIP_NOT_PAGE_VIEW, SKIP_METHOD, SKIP_STATUS, SKIP_RANGE, SKIP_N
 
 # Outcomes counted when a page was passed on untouched although it was planned for (halo_injections_total).
 DECODE_ERROR = "decode_error"
+TOO_LARGE = "too_large"
 # Skip reasons worth counting: an HTML page view left as it was. The others are simply not pages.
 COUNTED_SKIPS = frozenset({SKIP_STATUS, SKIP_RANGE, SKIP_NO_TRANSFORM, SKIP_CODING, SKIP_CSP})
 _PAGE_DESTS = frozenset({"document", "iframe", "frame", "embed", "object"})

@@ -25,10 +25,12 @@ from .boundary import TRUSTED_ONLY_HEADERS, underscore_alias
 from .inject import (
     COUNTED_SKIPS,
     DECODE_ERROR,
+    TOO_LARGE,
     DecodeError,
     Injector,
     Plan,
     Recoder,
+    TooLarge,
     plan_injection,
     script_tag,
 )
@@ -314,9 +316,9 @@ class Proxy:
         first = upstream.read_nowait()
         if upstream.at_eof():
             try:
-                body = codec.feed(first) + codec.finish()
-            except DecodeError:
-                self.metrics.injection(tenant.id, DECODE_ERROR)
+                body = codec.feed_all(first)
+            except DecodeError as err:
+                self.metrics.injection(tenant.id, TOO_LARGE if isinstance(err, TooLarge) else DECODE_ERROR)
                 return await self._respond(request, tenant, client, upstream, extra_headers, first)
             out_headers = response_headers(plan.headers, tenant, request, client.https)
             for name, value in extra_headers:
@@ -349,9 +351,10 @@ class Proxy:
                     await response.write(out)
             await response.write_eof(codec.finish())
             self.metrics.injection(tenant.id, injector.outcome or DECODE_ERROR)
-        except DecodeError:
-            self.metrics.injection(tenant.id, DECODE_ERROR)
-            log.warning("tenant %s sent a %s page that could not be decoded; aborted", tenant.id, plan.coding)
+        except DecodeError as err:
+            self.metrics.injection(tenant.id, TOO_LARGE if isinstance(err, TooLarge) else DECODE_ERROR)
+            log.warning("tenant %s sent a %s page that could not be injected (%s); aborted", tenant.id,
+                        plan.coding, err)
             if request.transport is not None:
                 request.transport.abort()
         except UpstreamError as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -25,7 +26,7 @@ from yarl import URL
 from ..config import Settings, Tenant
 from ..crypto import KeyRing
 from ..edge.admission import CLIENT, TENANT
-from ..edge.boundary import parse_url
+from ..edge.boundary import parse_host, parse_url
 from ..services.browser import BrowserVisits
 from ..services.events import Events
 from ..services.visits import consent_policy
@@ -37,7 +38,7 @@ from ..tracking.events import parse_event
 from ..tracking.models import Consent
 from ..tracking.visit import VisitFacts
 from .common import ApiError, handler_for, json_ok, media_type, parse_json_object, read_body
-from .conversions import IDENTIFY_TYPES, RateLimits, allowed_origin, same_origin
+from .conversions import IDENTIFY_TYPES, RateLimits, allowed_origin
 
 EVENT_BODY_MAX = 8 * 1024  # name, props (2 KB as JSON) and their escapes
 BROWSER_BODY_MAX = 8 * 1024  # /touch and /consent: two URLs and a few flags
@@ -68,20 +69,48 @@ class Script:
     def response(self, request: web.Request) -> web.Response:
         headers = {"ETag": self.etag, "Cache-Control": f"public, max-age={SCRIPT_MAX_AGE_S}",
                    "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff"}
-        if self.etag in (t.strip() for t in request.headers.get("If-None-Match", "").split(",")):
+        tags = {t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")}
+        if self.etag in tags or "*" in tags:  # weak comparison, as for a GET (RFC 9110 13.1.2)
             return web.Response(status=304, headers=headers)
-        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
             headers["Content-Encoding"] = "gzip"
             return web.Response(body=self.gzipped, headers=headers, content_type="application/javascript",
                                 charset="utf-8")
         return web.Response(body=self.body, headers=headers, content_type="application/javascript", charset="utf-8")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"The body names {key!r} twice.")
+        seen[key] = value
+    return seen
+
+
+def accepts_gzip(header: str) -> bool:
+    """`Accept-Encoding` names gzip (or `*`) with a quality above zero."""
+    for item in header.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            quality = params.strip()
+            if quality.startswith("q="):
+                try:
+                    return float(quality[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
 def listed_origin(request: web.Request, tenant: Tenant) -> str | None:
-    """The request's Origin when it is one of the tenant's `external_origins`."""
+    """The tenant's `external_origins` entry the request's Origin names (as listed, so that is what CORS echoes),
+    or None."""
     origin = request.headers.get("Origin")
-    if origin and origin.rstrip("/").lower() in tenant.external_origins:
-        return origin
+    if origin:
+        wanted = origin.rstrip("/").lower()
+        if wanted in tenant.external_origins:
+            return wanted
     return None
 
 
@@ -127,6 +156,20 @@ def page_facts(url: str, referrer: str | None, request: web.Request, cookies: di
     return VisitFacts("GET", parsed.path, parsed.raw_authority, parsed.query, headers, cookies)
 
 
+def from_this_page(request: web.Request, settings: Settings, tenant: Tenant) -> bool:
+    """`/consent` comes from a page of this very host and port: its Origin (else Referer) names the Host the
+    request was sent to. Stricter than a form post's check (which accepts any of the
+    tenant's hosts): another service on another port of a tenant host must not set a visitor's consent."""
+    origin = request.headers.get("Origin")
+    parsed = parse_url(origin if origin and origin != "null" else request.headers.get("Referer"))
+    host = parse_host(request.host)
+    if parsed is None or host is None or settings.tenant_for_name(parsed.host.name) is not tenant:
+        return False
+    # Browsers leave a default port out of both, so the authorities compare as sent; the scheme is not compared:
+    # behind a TLS-terminating balancer the page is https while the request HaloTrack sees may be http.
+    return parsed.host == host
+
+
 def _page_url(value: str | None, field: str) -> str:
     if value is None or parse_url(value) is None:
         raise ApiError(422, "invalid_field", f"{field} must be an absolute http(s) URL.", field)
@@ -146,7 +189,14 @@ class BrowserRoutes:
         if media_type(request) not in IDENTIFY_TYPES:
             raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
         body = await read_body(request, min(tenant.max_body_bytes, limit), settings.server.client.body_timeout_s)
-        return parse_json_object(body)
+        data = parse_json_object(body)
+        try:  # a key sent twice is refused: `{"analytics": false, "analytics": true}` means nothing sure
+            json.loads(body, object_pairs_hook=_no_duplicates)
+        except ValueError as err:
+            raise ApiError(400, "invalid_json", str(err)) from err
+        except RecursionError:
+            pass  # nested past Python's limit: no field takes such a value, the field checks refuse it by name
+        return data
 
     # -- GET /session --------------------------------------------------------------------------------------
 
@@ -161,7 +211,7 @@ class BrowserRoutes:
 
     async def consent(self, request: web.Request, tenant: Tenant, settings: Settings,
                       client_ip: str | None) -> web.StreamResponse:
-        if not same_origin(request, settings, tenant):
+        if not from_this_page(request, settings, tenant):
             raise ApiError(403, "forbidden_origin", "Consent may be changed only from the site's own pages.")
         self.limits.check(tenant, client_ip)
         data = await self._json(request, tenant, settings, BROWSER_BODY_MAX)
@@ -194,15 +244,14 @@ class BrowserRoutes:
 
     async def touch(self, request: web.Request, tenant: Tenant, settings: Settings,
                     client_ip: str | None) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
         external = listed_origin(request, tenant)
-        if external is None and not (origin and same_origin(request, settings, tenant)):
+        if external is None:  # the site's own pages have their cookie and /session: /touch is for the others
             raise ApiError(403, "forbidden_origin", "This origin is not one of the site's external_origins.")
         self.limits.check(tenant, client_ip)
         data = await self._json(request, tenant, settings, BROWSER_BODY_MAX)
         _only(data, frozenset({"url", "referrer", "session_id", "consent"}))
         url = _page_url(_text(data, "url"), "url")
-        if URL(url).origin() != URL(origin.rstrip("/")).origin():  # type: ignore[union-attr]
+        if URL(url).origin() != URL(external):
             raise ApiError(422, "invalid_field", "url must be a page of the calling origin.", "url")
         referrer = _text(data, "referrer")
         ref = data.get("session_id")

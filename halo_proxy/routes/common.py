@@ -131,12 +131,23 @@ def handler_for(body: Callable[..., Awaitable[web.StreamResponse]], routes: Call
 
 
 def setup_fallback(app: web.Application, prefix: str = "") -> None:
-    """Any other path under the prefix: 404, never forwarded. Register it after every route of the prefix."""
+    """Any other path under the prefix: 405 with Allow for a known path asked with another method, else 404;
+    never forwarded. Register it after every route of the prefix."""
 
     async def handle_reserved_unknown(request: web.Request) -> web.Response:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is fallback:
+                continue
+            match, methods = await resource.resolve(request)
+            if match is None:
+                allowed |= methods  # the path is known, under other methods
+        if allowed:
+            raise ApiError(405, "method_not_allowed", f"{request.path} takes {', '.join(sorted(allowed))}.",
+                           headers={"Allow": ", ".join(sorted(allowed))})
         raise ApiError(404, "not_found", f"No route {request.method} {request.path}.")
 
-    app.router.add_route("*", prefix + "/{tail:.*}", handle_reserved_unknown)
+    fallback = app.router.add_route("*", prefix + "/{tail:.*}", handle_reserved_unknown).resource
 
 
 def media_type(request: web.Request) -> str:

@@ -19,11 +19,13 @@ from ..config import Settings, Tenant
 from ..crypto import KeyRing, SignatureError, verify_shopify, verify_stripe, verify_webhook
 from ..edge.boundary import local_path, parse_url
 from ..ratelimit import TokenBucket, retry_after_header
-from ..services.conversions import Conversions
-from ..services.visits import Clock
+from ..services.conversions import NOT_TRACKED, Conversions
+from ..services.visits import Clock, consent_policy
 from ..tracking.adapters import AdapterResult, parse_shopify_order, parse_stripe_event
+from ..tracking.consent import parse_consent
 from ..tracking.conversion import form_redirect, parse_lead, parse_order
 from ..tracking.identity import normalise_email, normalise_phone
+from ..tracking.models import Consent
 from . import forms
 from .common import ApiError, handler_for, json_ok, media_type, parse_json_object, read_body, require_json
 
@@ -119,6 +121,10 @@ def _verify(kind: str, secret: str | None, request: web.Request, body: bytes, no
         raise ApiError(401, code, str(err)) from err
 
 
+def _tracked(consent: Consent) -> bool:
+    return consent.analytics or consent.marketing
+
+
 def _answer(recorded: Any) -> web.Response:
     return json_ok(201 if recorded.created else 200, recorded.body)
 
@@ -159,7 +165,14 @@ class Routes:
         email_norm = normalise_email(email_raw) if email_raw not in (None, "") else None
         phone_norm = normalise_phone(phone_raw, tenant.default_phone_region) \
             if phone_raw not in (None, "") else None
-        session_id = self.cookie_session(request, tenant)
+        cookies = request.cookies
+        raw = cookies.get(tenant.cookie.name)
+        opened = self.keys.open_session_state(tenant.id, raw) if raw is not None else None
+        if opened is not None and not (opened[1] & 3 and _tracked(
+                parse_consent(cookies, request.headers, consent_policy(tenant)))):
+            # the visitor's consent, as sealed at the last page view or as the banner's cookies say now, is gone
+            return json_ok(200, {"session_id": None, "linked": []})
+        session_id = opened[0] if opened is not None else None
         if session_id is None:
             ref = data.get("session_id")
             if ref is not None and not isinstance(ref, str):
@@ -171,6 +184,8 @@ class Routes:
         linked = await self.conversions.identify(tenant, session_id, email_norm, phone_norm, self.now())
         if linked is None:
             raise ApiError(404, "session_not_found", "No session with this id is known.", "session_id")
+        if linked is NOT_TRACKED:
+            return json_ok(200, {"session_id": None, "linked": []})
         return json_ok(200, {"session_id": str(session_id), "linked": linked})
 
     async def lead(self, request: web.Request, tenant: Tenant, settings: Settings,

@@ -65,7 +65,8 @@ class BrowserVisits:
                 if change.withdraw is not None:
                     await consent_store.withdraw_session(conn, tenant.id, change.withdraw, change.consent, now)
                 else:
-                    await session_store.update_consent(conn, tenant.id, change.update, change.consent, now)
+                    await session_store.update_consent(conn, tenant.id, change.update, change.consent, now,
+                                                       history=False)
                     session_id = change.update
                 await consent_store.record_change(conn, tenant.id, target, change.consent, change.change, now)
             if change.seal_state is not None:
@@ -93,8 +94,8 @@ class BrowserVisits:
     async def touch(self, tenant: Tenant, page: VisitFacts, session_ref: uuid.UUID | None, consent: Consent,
                     client_ip: str | None) -> uuid.UUID | None:
         """A visit on a site not behind the proxy: judged like a page view. `session_ref` continues a session
-        when it exists in this tenant; an unknown one starts a new session with a fresh id (an id is never
-        chosen by the caller). None when consent is denied (only the anonymous aggregate is kept)."""
+        when it exists in this tenant and is still tracked; an unknown or withdrawn one starts a new session with
+        a fresh id (an id is never chosen by the caller, and a withdrawal cannot be undone with an old id). None when consent is denied (only the anonymous aggregate is kept)."""
         opened = None
         if session_ref is not None:
             record = await session_store.get_session(self.pool, tenant.id, session_ref)
@@ -108,7 +109,8 @@ class BrowserVisits:
                         await consent_store.withdraw_session(conn, tenant.id, record.id, consent, now)
                         await consent_store.record_change(conn, tenant.id, record.id, consent, WITHDRAWN, now)
                     self.metrics.consent_changes.labels(tenant=tenant.id, change=WITHDRAWN).inc()
-            elif record is not None:
+            elif record is not None and (record.consent.analytics or record.consent.marketing):
+                # a withdrawn session is never tracked again: consent given later starts a new one
                 opened = (uuid.UUID(bytes=record.id.bytes), consent_bits(record.consent))  # not asyncpg's own UUID
         visit = self.tracker.judge(page, consent, opened, tenant)
         self.tracker.carry_out(visit, tenant, client_ip, https=True)  # cookies: none on a cross-site answer

@@ -45,6 +45,9 @@ class Recorded:
     created: bool
 
 
+NOT_TRACKED: list[str] = []  # identify's answer for a session without consent (compared by identity)
+
+
 class Conversions:
     """Records conversions for the routes; all state lives in the database."""
 
@@ -76,9 +79,13 @@ class Conversions:
 
     async def identify(self, tenant: Tenant, session_id: uuid.UUID, email: str | None, phone: str | None,
                        now: datetime) -> list[str] | None:
-        """Link email and/or phone to a session. None when the session does not exist."""
-        if await self.find_session(tenant, session_id) is None:
+        """Link email and/or phone to a session. None when the session does not exist; NOT_TRACKED (nothing
+        linked) when it has no consent any more (withdrawn): an identifier is never tied to it then."""
+        record = await self.find_session(tenant, session_id)
+        if record is None:
             return None
+        if not (record.consent.analytics or record.consent.marketing):
+            return NOT_TRACKED
         linked = []
         async with self.pool.acquire() as conn, conn.transaction():
             for kind, value in (("email", email), ("phone", phone)):

@@ -136,6 +136,8 @@ class VisitTracker:
                 self.writer.count_anon(write)
             else:
                 self.writer.submit(write)
+        if decision.withdraw is not None:
+            self.writer.submit(decision.withdraw)
         if decision.remember is not None:
             self._remember((tenant.id, decision.session_id), decision.remember,  # type: ignore[arg-type]
                            write.at.timestamp())  # type: ignore[union-attr]

@@ -39,7 +39,7 @@
     if ("analytics" in answer) known = {analytics: !!answer.analytics, marketing: !!answer.marketing};
     if (answer.onetrust) groups = answer.onetrust;
     if (external) store(KEY, sid);
-    fill();
+    refill();
   }
 
   function touch(consent) {
@@ -51,30 +51,42 @@
   }
 
   // -- forms: a hidden halo_session_id in every POST form of this site (or of HaloTrack's host) --
-  function ours(form) {
-    var action = new URL(form.getAttribute("action") || location.href, location.href).origin;
-    return action === location.origin || action === src.origin;
+  // Element methods are called from their prototypes: a form's own fields (<input name=querySelector>) shadow
+  // its properties, and must not be able to switch the script off.
+  var E = Element.prototype, attr = E.getAttribute, find = E.querySelector;
+
+  function local(target) {
+    var origin = new URL(target || location.href, location.href).origin;
+    return origin === location.origin || origin === src.origin;
   }
 
   function fill() {
     var forms = d.forms;
     for (var i = 0; i < forms.length; i++) {
       var form = forms[i];
-      var added = form.querySelector("input[data-halo]");
-      if (!sid || (form.getAttribute("method") || "").toLowerCase() !== "post" || !ours(form)) {
+      var added = find.call(form, "input[data-halo]");
+      if (!sid || (attr.call(form, "method") || "").toLowerCase() !== "post" || !local(attr.call(form, "action"))) {
         if (added) added.remove();
         continue;
       }
       if (added) { added.value = sid; continue; }
-      var named = form.querySelector('[name="' + FIELD + '"]');
-      if (named) continue;
+      if (find.call(form, '[name="' + FIELD + '"]')) continue;
       var input = d.createElement("input");
       input.type = "hidden";
       input.name = FIELD;
       input.value = sid;
       input.setAttribute("data-halo", "");
-      form.appendChild(input);
+      Node.prototype.appendChild.call(form, input);
     }
+  }
+
+  function refill() { try { fill(); } catch (e) { /* a page's odd form never stops the script */ } }
+
+  function submitted(e) {
+    refill();
+    // a button's formaction may send the form elsewhere: the id stays on this site (a disabled field is not sent)
+    var button = e.submitter, form = e.target, added = form && find.call(form, "input[data-halo]");
+    if (added) added.disabled = !!(button && button.hasAttribute("formaction") && !local(attr.call(button, "formaction")));
   }
 
   // -- consent --
@@ -160,14 +172,16 @@
   };
   w.HaloTrack = api;
 
-  (external ? touch(JSON.parse(store(CKEY) || "null")) : send("/session").then(adopt)).then(function () {
+  var stored = null;
+  try { stored = JSON.parse(store(CKEY) || "null"); } catch (e) { /* not ours */ }
+  (external ? touch(stored) : send("/session").then(adopt)).catch(function () {}).then(function () {
     done();
     if (w.getCkyConsent) cookieyes();
     if (w.Cookiebot) cookiebot();
     if (w.OneTrust && w.OnetrustActiveGroups) onetrust();
   });
-  if (w.MutationObserver) new MutationObserver(fill).observe(d.documentElement, {childList: true, subtree: true});
-  d.addEventListener("submit", fill, true);
+  if (w.MutationObserver) new MutationObserver(refill).observe(d.documentElement, {childList: true, subtree: true});
+  d.addEventListener("submit", submitted, true);
   (prior.q || []).forEach(function (call) {
     if (api[call[0]]) api[call[0]].apply(api, call[1] || []);
   });

@@ -327,23 +327,43 @@ def _json_bytes(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not stored as JSON")
 
 
-async def update_consent(db: Executor, tenant_id: str, session_id: UUID, consent: Consent, at: datetime) -> bool:
+_UPDATE_CONSENT = """
+WITH updated AS (
+    UPDATE sessions SET
+        consent_analytics = $3, consent_marketing = $4, gpc = $5, consent_source = $6,
+        updated_at = $7,
+        ip_enc = CASE WHEN $4 THEN ip_enc END,
+        user_agent_enc = CASE WHEN $4 THEN user_agent_enc END,
+        fbp = CASE WHEN $4 THEN fbp END,
+        fbc = CASE WHEN $4 THEN fbc END,
+        ip_hash = CASE WHEN $3 OR $4 THEN ip_hash END
+    WHERE tenant_id = $1 AND id = $2 AND updated_at <= $7
+    RETURNING id
+), unlinked AS (
+    DELETE FROM identities
+    WHERE tenant_id = $1 AND session_id = $2 AND NOT ($3 OR $4) AND EXISTS (SELECT 1 FROM updated)
+), history AS (
+    INSERT INTO consent_changes (tenant_id, session_id, at, analytics, marketing, gpc, change)
+    SELECT $1, $2, $7, $3, $4, $5, CASE WHEN $3 OR $4 THEN 'updated' ELSE 'withdrawn' END
+    FROM updated WHERE $8
+)
+SELECT count(*) FROM updated
+"""
+
+
+async def update_consent(db: Executor, tenant_id: str, session_id: UUID, consent: Consent, at: datetime,
+                         history: bool = True) -> bool:
     """A returning visitor's consent changed without a new touch. Losing marketing consent clears the
-    identifiers kept for ad platforms. A write older than the row's last update is ignored. True when a row
-    was updated (a missing session is not created: it has no touch to start from)."""
+    identifiers kept for ad platforms; losing all consent (the banner's withdrawal seen on a page view) also
+    unlinks the session's email and phone and drops its IP hash. Kept in the consent history (`history`). A
+    write older than the row's last update is ignored. True when a row was updated (a missing session is not
+    created: it has no touch to start from)."""
     with translate_errors():
-        status = await db.execute(
-            """UPDATE sessions SET
-                   consent_analytics = $3, consent_marketing = $4, gpc = $5, consent_source = $6,
-                   updated_at = $7,
-                   ip_enc = CASE WHEN $4 THEN ip_enc END,
-                   user_agent_enc = CASE WHEN $4 THEN user_agent_enc END,
-                   fbp = CASE WHEN $4 THEN fbp END,
-                   fbc = CASE WHEN $4 THEN fbc END
-               WHERE tenant_id = $1 AND id = $2 AND updated_at <= $7""",
-            tenant_id, session_id, consent.analytics, consent.marketing, consent.gpc, consent.source, _utc(at),
+        updated = await db.fetchval(
+            _UPDATE_CONSENT, tenant_id, session_id, consent.analytics, consent.marketing, consent.gpc,
+            consent.source, _utc(at), history,
         )
-    return status.endswith(" 1")
+    return bool(updated)
 
 
 # -- anonymous aggregates -----------------------------------------------------------------------------------------

@@ -175,6 +175,7 @@ class VisitDecision(NamedTuple):
     touched: bool = False  # a new touch of a known session: halo_touches_total
     remember: int | None = None
     user_agent: str | None = None  # as it may be stored (valid text), for the writer to encrypt
+    withdraw: ConsentUpdate | None = None  # consent denied to a tracked session: its identifiers go
 
 
 _SKIPS = {reason: VisitDecision(skip=reason) for reason in SKIP_REASONS}
@@ -225,8 +226,12 @@ def judge_visit(facts: VisitFacts, consent: Consent, opened: tuple[UUID, int] | 
             utm_campaign=touch.campaign, referrer_domain=touch.referrer_domain,
             path=touch.landing_path[:ANON_PATH_MAX], channel=touch.channel,
         )
+        # A visitor still carrying a tracked session withdrew through the banner: the session loses its
+        # identifiers now, whether or not the page's script reports the change.
+        withdraw = ConsentUpdate(site.tenant_id, opened[0], consent, now) if (
+            opened is not None and opened[1] & 3) else None
         return VisitDecision(consent=consent, channel=touch.channel, write=event,
-                             expire_session=site.cookie_name in cookies)
+                             expire_session=site.cookie_name in cookies, withdraw=withdraw)
 
     state = consent_bits(consent)
     campaign_data = has_campaign_data(query)

@@ -196,3 +196,30 @@ async def test_a_page_on_an_outside_origin_records_its_visit_through_touch(shop,
     await page.wait_for_function("window.HaloTrack && window.HaloTrack.loaded")
     again = await page.evaluate("HaloTrack.ready()")
     assert again == public
+
+
+async def test_a_form_s_own_fields_cannot_switch_the_script_off_nor_send_the_id_elsewhere(shop, outside, context):
+    page = await context.new_page()
+    base = f"http://localhost:{shop.port}"
+    await page.goto(f"{base}/?utm_source=news")  # a session first
+    elsewhere = f"http://127.0.0.1:{outside.port}/collect"
+    html = ('<!doctype html><html><head><script src="/_halo/t.js" async></script></head><body>'
+            '<form id=odd method=post action="/_halo/webhook/lead"><input name=querySelector>'
+            '<input name=getAttribute><input name=appendChild></form>'
+            f'<form id=out method=post action="/contact"><input name=email value="a@example.com">'
+            f'<button id=away formaction="{elsewhere}">Send</button></form></body></html>')
+    await page.route(f"{base}/crafted", lambda route: route.fulfill(body=html, content_type="text/html"))
+    posted: list[str] = []
+
+    async def collect(route):  # type: ignore[no-untyped-def]
+        posted.append(route.request.post_data or "")
+        await route.fulfill(body="ok")
+
+    await page.route(elsewhere, collect)
+    await page.goto(f"{base}/crafted")
+    public = await page.evaluate("HaloTrack.ready()")
+    assert public is not None  # the shadowing fields did not stop it
+    assert await page.evaluate("document.querySelector('#odd input[data-halo]').value") == public
+    async with page.expect_navigation():
+        await page.click("#away")
+    assert posted and "email=a%40example.com" in posted[0] and "halo_session_id" not in posted[0]

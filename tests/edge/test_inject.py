@@ -12,14 +12,17 @@ import pytest
 
 from halo_proxy.edge.inject import (
     ALREADY_TAGGED,
+    DECODE_PIECE,
     INJECTED_BODY,
     INJECTED_HEAD,
     INJECTED_START,
+    MAX_DECODED,
     NOT_ASCII_COMPATIBLE,
     DecodeError,
     Injector,
     Plan,
     Recoder,
+    TooLarge,
     csp_allows,
     plan_injection,
     script_tag,
@@ -50,6 +53,24 @@ CASES = [
     (b"just text, no tags at all", b"", INJECTED_START),
     (b"", b"", INJECTED_START),
     (b"a < b and 1<2 <3 <head>", b"<head>", INJECTED_HEAD),
+    # The HTML tokenizer's own rules, where a simpler scan would put the tag inside a script (found by a probe):
+    # "<!-->" and "<!--->" are whole empty comments, "--!>" closes a comment,
+    (b'<!doctype html><!--><html><head><script>var s = "-->"; var t = "<head>";</script>', b"<html><head>",
+     INJECTED_HEAD),
+    (b'<!---><head><script>var s = "-->";</script>', b"<!---><head>", INJECTED_HEAD),
+    (b"<!-- a --!><head><p>x -->", b"--!><head>", INJECTED_HEAD),
+    # a quote opens an attribute value only right after "=",
+    (b"<html lang=en data-note=it's><head><script>// Don't\nvar q = \"<head>\";</script>", b"it's><head>",
+     INJECTED_HEAD),
+    (b"<html a=b=\"c><head>", b"c><head>", INJECTED_HEAD),
+    (b"<html data-x = 'a>b' ><head>", b"' ><head>", INJECTED_HEAD),
+    # `<script/>` still opens a script, and `</scriptx>` does not close one,
+    (b"<script/>var h = '<head>';</script><head>", b"</script><head>", INJECTED_HEAD),
+    (b"<script>x = '</scriptx><head>';</SCRIPT ><head>", b"</SCRIPT ><head>", INJECTED_HEAD),
+    # and without <head> or <body>, "the start" is after the doctype (before it, the page would be in quirks mode).
+    (b"<!doctype html><meta charset=utf-8><title>t</title><p>hi", b"<!doctype html>", INJECTED_START),
+    (b"<!-- c --><!DOCTYPE html>\n<p>hi", b"<!DOCTYPE html>", INJECTED_START),
+    (b"<p>x</p><!doctype html><p>late doctype", b"", INJECTED_START),
 ]
 
 
@@ -167,17 +188,34 @@ def test_a_20_mb_page_streams_with_flat_memory():
     assert peak < 8 << 20  # far below the page's size
 
 
-def test_a_gzip_bomb_is_decoded_in_bounded_pieces():
-    bomb = gzip.compress(b"<html><head>" + b"\0" * (64 << 20))  # 64 MiB from about 64 KiB
-    recoder = Recoder("gzip", Injector(TAG, MARKER))
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_compression_bomb_is_decoded_in_bounded_pieces_and_stopped(coding):
+    page = b"<html><head>" + b"\0" * (64 << 20)  # 64 MiB from about 64 KiB (gzip) or a few hundred bytes (br)
+    bomb = gzip.compress(page) if coding == "gzip" else brotli.compress(page, quality=1)
+    recoder = Recoder(coding, Injector(TAG, MARKER))
     tracemalloc.start()
     try:
-        for i in range(0, len(bomb), 8192):
-            recoder.feed(bomb[i:i + 8192])
+        with pytest.raises(TooLarge):
+            for i in range(0, len(bomb), 8192):
+                recoder.feed(bomb[i:i + 8192])
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20
+    assert MAX_DECODED < recoder.decoded <= MAX_DECODED + 2 * DECODE_PIECE
+    with pytest.raises(TooLarge):
+        Recoder(coding, Injector(TAG, MARKER)).feed_all(bomb)
+
+
+def test_a_gzip_page_of_several_members_is_decoded_whole():
+    page = b"<html><head><title>t</title></head><body>first-"
+    rest = b"SECOND-MEMBER</body></html>"
+    two = gzip.compress(page) + gzip.compress(rest)
+    expected = (page + rest).replace(b"<head>", b"<head>" + TAG)
+    assert gzip.decompress(Recoder("gzip", Injector(TAG, MARKER)).feed_all(two)) == expected
+    streamed = Recoder("gzip", Injector(TAG, MARKER))
+    out = b"".join(streamed.feed(two[i:i + 7]) for i in range(0, len(two), 7)) + streamed.finish()
+    assert gzip.decompress(out) == expected
 
 
 @pytest.mark.parametrize(("policies", "allowed", "nonce"), [
@@ -187,6 +225,8 @@ def test_a_gzip_bomb_is_decoded_in_bounded_pieces():
     (["script-src 'nonce-abc123' 'strict-dynamic'"], True, "abc123"),
     (["default-src 'none'; script-src 'nonce-r4nd0m=='"], True, "r4nd0m=="),
     (["script-src 'strict-dynamic' https:"], False, None),  # 'strict-dynamic' ignores host sources
+    (["script-src 'nonce-a1'", "script-src 'nonce-b2'"], False, None),  # no nonce satisfies both policies
+    (["script-src 'nonce-a1' 'nonce-c3'", "script-src 'nonce-c3'"], True, "c3"),
     (["script-src https://cdn.example"], False, None),
     (["default-src 'none'"], False, None),
     (["img-src *"], True, None),  # no script directive: scripts are not restricted
@@ -237,3 +277,37 @@ def test_a_planned_answer_loses_its_length_and_digests_and_its_etag_turns_weak()
 def test_the_tag_is_ascii_and_carries_the_nonce():
     assert script_tag("/_halo") == TAG
     assert script_tag("/_t", "abc+/=") == b'<script src="/_t/t.js" async nonce="abc+/="></script>'
+
+
+def test_the_script_named_after_the_head_does_not_count_as_the_tag_however_the_page_is_chunked():
+    page = (b"<html><head><title>Docs</title></HEAD><body><p>Load <code>/_halo/t.js</code> yourself?</p>"
+            b"<SCRIPT src=/_halo/T.JS></SCRIPT></body></html>")
+    expected = page.replace(b"<head>", b"<head>" + TAG, 1)
+    assert run([page]) == (expected, INJECTED_HEAD)
+    for cut in range(1, len(page)):
+        assert run([page[:cut], page[cut:]]) == (expected, INJECTED_HEAD), cut
+    tagged = b"<html><head><SCRIPT SRC='/_HALO/T.JS'></script></head><body>x</body></html>"
+    assert run([tagged]) == (tagged, ALREADY_TAGGED)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+def test_a_whole_page_through_feed_all_equals_the_streamed_result(coding):
+    page = b"<!doctype html><html><head><title>x</title></head><body>" + b"<p>row</p>" * 3000 + b"</body></html>"
+    encoded = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[coding](page)
+    whole = Recoder(coding, Injector(TAG, MARKER))
+    decode = {"gzip": gzip.decompress, "deflate": zlib.decompress, "br": brotli.decompress}[coding]
+    assert decode(whole.feed_all(encoded)) == page.replace(b"<head>", b"<head>" + TAG, 1)
+    assert whole.injector.outcome == INJECTED_HEAD
+    streamed = Recoder(coding, Injector(TAG, MARKER))
+    out = b"".join(streamed.feed(encoded[i:i + 100]) for i in range(0, len(encoded), 100)) + streamed.finish()
+    assert decode(out) == page.replace(b"<head>", b"<head>" + TAG, 1)
+
+
+def test_a_page_fed_a_byte_at_a_time_resumes_its_searches():
+    # A long comment and a long script arrive two bytes at a time: each search resumes where it stopped (this
+    # fails the call-count bound if every chunk re-searched from the start).
+    page = b"<!--" + b"c" * 30000 + b"--><script>" + b"s" * 30000 + b"</script><head>"
+    injector = Injector(TAG, MARKER)
+    out = b"".join(injector.feed(page[i:i + 2]) for i in range(0, len(page), 2)) + injector.finish()
+    assert injector.outcome == INJECTED_HEAD and out == page.replace(b"<head>", b"<head>" + TAG)
+    assert injector._waiting is None

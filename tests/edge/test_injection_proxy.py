@@ -18,6 +18,7 @@ from halo_proxy.metrics import Metrics
 HOST = "shop.localhost"
 TAG = b'<script src="/_halo/t.js" async></script>'
 PAGE = b"<!doctype html><html><head><title>Shop</title></head><body><p>" + b"hello " * 2000 + b"</p></body></html>"
+BOMB = brotli.compress(b"<html><head>" + b"\0" * (40 << 20), quality=1)  # 40 MiB in a few hundred bytes
 NAV = {"Host": HOST, "Sec-Fetch-Dest": "document", "Accept": "text/html"}
 
 
@@ -45,10 +46,11 @@ def create_site() -> web.Application:
     async def page(request: web.Request) -> web.StreamResponse:
         q = request.query
         coding = q.get("coding", "identity")
-        body = encode(coding, PAGE) if coding != "broken" else b"\x1f\x8b\x08\x00garbage-not-gzip"
+        body = encode(coding, PAGE) if coding not in ("broken", "bomb") else BOMB if coding == "bomb" else \
+            b"\x1f\x8b\x08\x00garbage-not-gzip"
         headers = {"Content-Type": q.get("type", "text/html; charset=utf-8"), "ETag": '"v1"'}
         if coding != "identity":
-            headers["Content-Encoding"] = "gzip" if coding == "broken" else coding
+            headers["Content-Encoding"] = {"broken": "gzip", "bomb": "br"}.get(coding, coding)
         for name in ("Cache-Control", "Content-Security-Policy"):
             if name in q:
                 headers[name] = q[name]
@@ -189,3 +191,9 @@ async def test_inject_off_leaves_every_page_alone(aiohttp_server, site, client):
     proxy = await aiohttp_server(create_app(settings_for(site.port, inject=False), Metrics()))
     _, headers, body = await fetch(client, proxy, "/page?coding=gzip")
     assert gzip.decompress(body) == PAGE
+
+
+async def test_a_compression_bomb_is_passed_on_as_it_came(proxy, client, metrics):
+    status, headers, body = await fetch(client, proxy, "/page?coding=bomb")
+    assert status == 200 and body == BOMB and headers["Content-Encoding"] == "br"
+    assert count(metrics, "halo_injections_total", tenant="shop", outcome="too_large") == 1
