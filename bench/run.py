@@ -4,7 +4,8 @@
     python bench/run.py --scenario page,returning --duration 5 --rounds 3
     python bench/run.py --no-append                      # print only; leave docs/performance.md alone
 
-Targets, all in front of the same origin (`bench/upstream.py`, a ~4 KiB HTML page):
+Targets, all in front of the same origin (`bench/upstream.py`, a ~4 KiB HTML page, and a gzipped 30 KiB one for
+the injection scenarios):
   (a) upstream   the origin itself, no proxy;
   (b) halotrack  `halo-proxy serve --workers 1 --log-level WARNING` on a generated tenant YAML;
   (c) bare       `bench/bare_proxy.py`, the smallest fair aiohttp streaming proxy (the baseline);
@@ -590,6 +591,13 @@ def ratio_lines(rows: list[Row], scenario_names: list[str]) -> list[str]:
             if other == "bare" and goal is not None:
                 text += f", goal ≥ {goal:.2f}×: {'met' if r >= goal else 'NOT met'}"
             parts.append(text)
+        ref = scenarios.SCENARIOS[name].target_vs_scenario
+        base = by.get((ref[0], "halotrack")) if ref else None
+        if ref and base is not None and not base.na and base.rps:
+            r = halo.rps / base.rps
+            parts.append(f"HaloTrack {name}/{ref[0]} **{r:.2f}×** req/s (by CPU per request "
+                         f"{base.cpu_us / halo.cpu_us:.2f}×), goal ≥ {ref[1]:.2f}×: "
+                         f"{'met' if r >= ref[1] else 'NOT met'}")
         out.append(f"- `{name}`: " + "; ".join(parts) if parts else f"- `{name}`: no baseline measured")
     return out
 
@@ -644,7 +652,7 @@ a client could put there instead. `bench/run.py` runs, in one go and with the sa
 
 | target | what it is |
 |---|---|
-| (a) upstream direct | the origin (`bench/upstream.py`, a ~4 KiB HTML page) with no proxy: the ceiling |
+| (a) upstream direct | the origin (`bench/upstream.py`: a ~4 KiB HTML page at `/page`; a 30 KiB one gzipped at level 6 once at start, at `/gz30` and, with `Cache-Control: no-transform`, at `/gz30-plain`) with no proxy: the ceiling |
 | (b) HaloTrack | `halo-proxy serve --workers 1 --log-level WARNING` on a generated tenant YAML |
 | (c) bare aiohttp proxy | `bench/bare_proxy.py`: one `ClientSession`, streaming, hop-by-hop headers stripped, nothing else; on the same event loop as HaloTrack (uvloop when installed; runs before 2026-11-28 04:55 used asyncio's loop for both until HaloTrack switched to uvloop at `1b71cb9`) |
 | (d) nginx proxy_pass | one nginx worker with keep-alive to the origin (skipped when nginx is not installed) |
@@ -658,7 +666,8 @@ a client could put there instead. `bench/run.py` runs, in one go and with the sa
 Options: `--duration` seconds per measurement (default 4), `--warmup` seconds before each (1), `--rounds` (3),
 `--connections` (32), `--scenario` (comma-separated or `all`; default `page`), `--targets`, `--generator`
 (`auto`, `wrk`, `python`), `--no-pin`, `--db-with-proxy`, `--no-append`. `bench/micro.py` times
-`VisitTracker.observe` and the header copying in-process, without sockets. The default run takes about a minute.
+`VisitTracker.observe` and the header copying in-process, without sockets; `bench/micro.py inject` the
+injection into a compressed 30 KiB page. The default run takes about a minute.
 `apt-get install wrk nginx` gives the full comparison; without wrk the Python client is used, without nginx
 row (d) is skipped. All traffic stays on 127.0.0.1.
 
@@ -671,6 +680,12 @@ what HaloTrack does with them, and each scenario has its own goal:
 | `returning` | `GET /page` with a browser's headers and the cookies a first visit through HaloTrack set (`_halo`, `_fbp`), no campaign data | a tracked page view on the fast path: cookie opened, consent read, no database work | ≥ 0.9× (issue 3) |
 | `new_visitor` | `GET /page?utm_source=google&utm_medium=cpc&gclid=<n>` with a browser's headers, no cookie, a new `<n>` each request | a new session with a paid first touch and a click id, sealed cookie, `_fbp`, hashed and encrypted IP and user agent, one row in `sessions` and one in `touches` | ≥ 0.6× (issue 3) |
 | `page` | `GET /page` with a browser's headers (`Accept: text/html`, `Sec-Fetch-Dest: document`, Chrome user agent), no cookie | with the default consent (`unknown: granted`) every request is a new visitor: a new session (direct first touch) stored each time | ≥ 0.6× (a new visitor) |
+| `injected` | `GET /gz30` as in `returning` (browser headers, `Accept-Encoding: gzip, deflate, br, zstd`, a first visit's cookies); the origin answers a 30 KiB page gzipped at level 6 | the returning visitor's fast path, and the page decoded, the script tag injected after `<head>`, re-encoded as gzip (ISA-L level 1) with a new Content-Length, once: the same bytes again are answered from HaloTrack's cache of injected pages; the other targets pass the gzip bytes through | ≥ 0.8×, and ≥ 0.8× HaloTrack's own `returning_gz` in the same run |
+| `injected_unique` | `GET /gz30-unique?v=<n>` as in `injected`, a new `<n>` each request; the origin puts `<n>` in the page's footer and gzips it per request (level 1) | as `injected`, but no two pages are the same bytes, so the cache of injected pages never answers: every view is decoded, injected and re-encoded | ≥ 0.8×, and ≥ 0.8× HaloTrack's own `returning_gz` |
+| `returning_gz` | `GET /gz30-plain`, the same request; the origin's same gzip bytes with `Cache-Control: no-transform` | the returning visitor's fast path; no injection (no-transform, a header check), the page passed through as it came: the reference for `injected` | none of its own |
+
+Since `912b331` HaloTrack injects its script tag into every HTML page view, so `returning`, `new_visitor` and
+`page` include an injection too, into the identity 4 KiB page (no coding to undo, Content-Length corrected).
 
 ## Reading the figures
 
@@ -695,7 +710,7 @@ what HaloTrack does with them, and each scenario has its own goal:
 - Between measurements the harness waits until every process it started is idle (at most 20 s), so one
   target's deferred work never runs during the next target's measurement.
 - **Ratios**: HaloTrack's req/s over the bare proxy's (each scenario's goal is in the table above) and over
-  nginx's.
+  nginx's; for `injected`, also over HaloTrack's own in `returning_gz` when both ran (the price of the tag).
   The bare proxy is the price of aiohttp itself; HaloTrack's distance to it is the price of what HaloTrack
   adds. nginx shows what a C proxy costs on the same machine.
 - With the Python client instead of wrk the generator itself is slow, and the ratios are pulled towards 1.

@@ -14,7 +14,9 @@ A plan is one of:
 Adding a scenario: write `def plan_<name>(ctx) -> RequestPlan | str`, decorate it with
 `@scenario("<name>", "<one-line description>")`, and it is selectable with `--scenario <name>`.
 A scenario that needs tenant settings (a webhook secret, say) sets `tenant_extra`; those keys are merged
-into the generated tenant YAML before HaloTrack starts.
+into the generated tenant YAML before HaloTrack starts. `target_vs_scenario=(other, goal)` also holds HaloTrack
+to a fraction of its own throughput in another scenario, when both ran in the same run (`injected` against
+`returning_gz`: the same page with and without the script tag).
 
 Planned: `lead`, signed webhook POSTs. Sketch: `tenant_extra={"webhook_secret": ctx.webhook_secret}`, then
 a pool of ~1000 JSON bodies (distinct email and event id each), each POSTed to `/_halo/webhook/lead` with
@@ -100,15 +102,20 @@ class Scenario:
     plan: Callable[[Context], RequestPlan | str]
     target_vs_bare: float | None = None   # HaloTrack's throughput goal as a fraction of the bare proxy's
     tenant_extra: dict = field(default_factory=dict)
+    # (other scenario, goal): HaloTrack's throughput here as a fraction of its own in that scenario, compared
+    # when both ran in the same run
+    target_vs_scenario: tuple[str, float] | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(name: str, description: str, *, target_vs_bare: float | None = None,
-             tenant_extra: dict | None = None):  # type: ignore[no-untyped-def]
+             tenant_extra: dict | None = None,
+             target_vs_scenario: tuple[str, float] | None = None):  # type: ignore[no-untyped-def]
     def register(fn: Callable[[Context], RequestPlan | str]) -> Callable[[Context], RequestPlan | str]:
-        SCENARIOS[name] = Scenario(name, description, fn, target_vs_bare, dict(tenant_extra or {}))
+        SCENARIOS[name] = Scenario(name, description, fn, target_vs_bare, dict(tenant_extra or {}),
+                                   target_vs_scenario)
         return fn
     return register
 
@@ -134,16 +141,31 @@ def plan_page(ctx: Context) -> RequestPlan | str:
 @scenario("returning", "the browser page view with the cookies HaloTrack set on a first visit (`_halo`, `_fbp`) "
           "and no campaign data: a returning visitor on the fast path, no database work", target_vs_bare=0.9)
 def plan_returning(ctx: Context) -> RequestPlan | str:
-    if ctx.halo_url is None:
-        return "needs HaloTrack among the targets to obtain its cookie"
-    try:
-        cookies = first_visit_cookies(ctx.halo_url, ctx.host)
-    except OSError as err:
-        return f"first visit through HaloTrack failed: {err}"
-    if ctx.cookie_name not in cookies:
-        return f"HaloTrack set no {ctx.cookie_name} cookie on a first visit"
-    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
-    return RequestPlan(Request("GET", "/page", BROWSER_PAGE_HEADERS + (("Cookie", cookie),)))
+    return returning_visitor(ctx, "/page")
+
+
+@scenario("injected", "the returning visitor's page view of `/gz30`, a 30 KiB page the origin sends gzipped "
+          "(level 6), the same bytes each time: HaloTrack injects its script tag once (decode, inject, re-encode "
+          "with ISA-L level 1) and answers the next views of those exact bytes from its cache of injected pages; "
+          "the bare proxy passes the gzip bytes through", target_vs_bare=0.8,
+          target_vs_scenario=("returning_gz", 0.8))
+def plan_injected(ctx: Context) -> RequestPlan | str:
+    return returning_visitor(ctx, "/gz30")
+
+
+@scenario("injected_unique", "as `injected`, but every request's page differs (`/gz30-unique?v=<n>`: a per-visit "
+          "token in the footer, gzipped by the origin per request), so HaloTrack's cache of injected pages never "
+          "answers: the decode, inject and re-encode of every view", target_vs_bare=0.8,
+          target_vs_scenario=("returning_gz", 0.8))
+def plan_injected_unique(ctx: Context) -> RequestPlan | str:
+    return returning_visitor(ctx, "/gz30-unique?v={n}")
+
+
+@scenario("returning_gz", "the returning visitor's page view of `/gz30-plain`, the same gzipped bytes with "
+          "`Cache-Control: no-transform`: tracked on the fast path, injection skipped, the page passed through "
+          "as it came; the reference `injected` is held to")
+def plan_returning_gz(ctx: Context) -> RequestPlan | str:
+    return returning_visitor(ctx, "/gz30-plain")
 
 
 @scenario("new_visitor", "the browser page view with no cookie, arriving from a Google Ads click "
@@ -155,6 +177,20 @@ def plan_new_visitor(ctx: Context) -> RequestPlan | str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers.
+
+
+def returning_visitor(ctx: Context, path: str) -> RequestPlan | str:
+    """The browser page view of `path` with the cookies a first visit through HaloTrack set."""
+    if ctx.halo_url is None:
+        return "needs HaloTrack among the targets to obtain its cookie"
+    try:
+        cookies = first_visit_cookies(ctx.halo_url, ctx.host)
+    except OSError as err:
+        return f"first visit through HaloTrack failed: {err}"
+    if ctx.cookie_name not in cookies:
+        return f"HaloTrack set no {ctx.cookie_name} cookie on a first visit"
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return RequestPlan(Request("GET", path, BROWSER_PAGE_HEADERS + (("Cookie", cookie),)))
 
 
 def first_visit_cookies(base_url: str, host: str) -> dict[str, str]:

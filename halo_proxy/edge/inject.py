@@ -28,6 +28,7 @@ and how the answer's headers change (length and digests dropped, a strong ETag m
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
 import brotli
@@ -403,6 +404,48 @@ def _brotli_decoder() -> Callable[[bytes], Iterator[bytes]]:
             raise DecodeError(str(err)) from err
 
     return decode
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pages injected before.
+
+
+class InjectedPages:
+    """Whole pages already injected, kept by their exact bytes: a site that serves the same page to every visitor
+    (a cached or static page) costs one decode and re-encode, not one per view. The key is the upstream's body
+    itself with its coding and the tag, compared byte for byte on a hit, so a page that differs by one byte (a
+    CSRF token, a nonce) is injected afresh. An LRU bounded in bytes; pages over `max_entry` are not kept."""
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024, max_entry: int = 256 * 1024):
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self._pages: OrderedDict[tuple[bytes, str | None, bytes], tuple[bytes, str]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, tag: bytes, coding: str | None, body: bytes) -> tuple[bytes, str] | None:
+        if len(body) > self.max_entry:
+            return None
+        key = (tag, coding, body)
+        found = self._pages.get(key)
+        if found is not None:
+            self._pages.move_to_end(key)
+        return found
+
+    def put(self, tag: bytes, coding: str | None, body: bytes, out: bytes, outcome: str) -> None:
+        size = len(body) + len(out)
+        if len(body) > self.max_entry or size > self.max_bytes:
+            return
+        key = (tag, coding, body)
+        if key in self._pages:
+            return
+        self._pages[key] = (out, outcome)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            (_, _, old), (old_out, _) = self._pages.popitem(last=False)
+            self._bytes -= len(old) + len(old_out)
+
+    def __len__(self) -> int:
+        return len(self._pages)
 
 
 # ---------------------------------------------------------------------------------------------------------

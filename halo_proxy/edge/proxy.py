@@ -27,6 +27,7 @@ from .inject import (
     DECODE_ERROR,
     TOO_LARGE,
     DecodeError,
+    InjectedPages,
     Injector,
     Plan,
     Recoder,
@@ -206,6 +207,7 @@ class Proxy:
         self.session = session
         self.metrics = metrics
         self.body_timeout_s = body_timeout_s
+        self.pages = InjectedPages()  # whole pages injected before, by their exact bytes
 
     async def forward(
         self,
@@ -308,18 +310,25 @@ class Proxy:
                                 upstream: UpstreamResponse, extra_headers: Iterable[tuple[str, str]], plan: Plan,
                                 prefix: str) -> web.StreamResponse:
         """`_respond` for an HTML page that gets the tag: the body goes through the injector (and the coding's
-        decoder and encoder). A page that arrived whole leaves with a corrected Content-Length, else chunked. A
+        decoder and encoder). A page that arrived whole leaves with a corrected Content-Length, else chunked; one
+        whose exact bytes were injected before is answered from `pages` (`inject.InjectedPages`). A
         page the upstream compressed wrongly is passed on as it came when it arrived whole, and aborted (like an
         upstream failing mid-body) when the fault shows only after the headers went out."""
-        injector = Injector(script_tag(prefix, plan.nonce), (prefix + "/t.js").encode())
-        codec: Injector | Recoder = Recoder(plan.coding, injector) if plan.coding else injector
+        tag = script_tag(prefix, plan.nonce)
         first = upstream.read_nowait()
         if upstream.at_eof():
-            try:
-                body = codec.feed_all(first)
-            except DecodeError as err:
-                self.metrics.injection(tenant.id, TOO_LARGE if isinstance(err, TooLarge) else DECODE_ERROR)
-                return await self._respond(request, tenant, client, upstream, extra_headers, first)
+            known = self.pages.get(tag, plan.coding, first)
+            if known is not None:
+                body, outcome = known
+            else:
+                injector = Injector(tag, (prefix + "/t.js").encode())
+                try:
+                    body = (Recoder(plan.coding, injector) if plan.coding else injector).feed_all(first)
+                except DecodeError as err:
+                    self.metrics.injection(tenant.id, TOO_LARGE if isinstance(err, TooLarge) else DECODE_ERROR)
+                    return await self._respond(request, tenant, client, upstream, extra_headers, first)
+                outcome = injector.outcome or DECODE_ERROR
+                self.pages.put(tag, plan.coding, first, body, outcome)
             out_headers = response_headers(plan.headers, tenant, request, client.https)
             for name, value in extra_headers:
                 out_headers.add(name, value)
@@ -331,8 +340,10 @@ class Proxy:
                 await response.write_eof(body)
             except ConnectionError:
                 pass
-            self.metrics.injection(tenant.id, injector.outcome or DECODE_ERROR)
+            self.metrics.injection(tenant.id, outcome)
             return response
+        injector = Injector(tag, (prefix + "/t.js").encode())
+        codec: Injector | Recoder = Recoder(plan.coding, injector) if plan.coding else injector
         out_headers = response_headers(plan.headers, tenant, request, client.https)
         for name, value in extra_headers:
             out_headers.add(name, value)

@@ -19,6 +19,7 @@ from halo_proxy.edge.inject import (
     MAX_DECODED,
     NOT_ASCII_COMPATIBLE,
     DecodeError,
+    InjectedPages,
     Injector,
     Plan,
     Recoder,
@@ -311,3 +312,19 @@ def test_a_page_fed_a_byte_at_a_time_resumes_its_searches():
     out = b"".join(injector.feed(page[i:i + 2]) for i in range(0, len(page), 2)) + injector.finish()
     assert injector.outcome == INJECTED_HEAD and out == page.replace(b"<head>", b"<head>" + TAG)
     assert injector._waiting is None
+
+
+def test_injected_pages_are_kept_by_their_exact_bytes_and_bounded():
+    pages = InjectedPages(max_bytes=1000, max_entry=300)
+    page = b"<html><head>" + b"x" * 100
+    assert pages.get(TAG, None, page) is None
+    pages.put(TAG, None, page, b"out", INJECTED_HEAD)
+    assert pages.get(TAG, None, page) == (b"out", INJECTED_HEAD)
+    assert pages.get(TAG, None, page + b" ") is None  # one byte more: another page
+    assert pages.get(TAG, "gzip", page) is None and pages.get(TAG + b" ", None, page) is None
+    pages.put(TAG, None, b"y" * 301, b"big", INJECTED_HEAD)  # over max_entry: not kept
+    assert pages.get(TAG, None, b"y" * 301) is None
+    for i in range(20):  # each entry about 120 bytes: the oldest go, the total stays under max_bytes
+        pages.put(TAG, None, b"%03d" % i + page, b"o", INJECTED_HEAD)
+    assert pages._bytes <= 1000 and len(pages) < 10
+    assert pages.get(TAG, None, page) is None and pages.get(TAG, None, b"019" + page) is not None

@@ -197,3 +197,12 @@ async def test_a_compression_bomb_is_passed_on_as_it_came(proxy, client, metrics
     status, headers, body = await fetch(client, proxy, "/page?coding=bomb")
     assert status == 200 and body == BOMB and headers["Content-Encoding"] == "br"
     assert count(metrics, "halo_injections_total", tenant="shop", outcome="too_large") == 1
+
+
+async def test_a_page_served_again_byte_for_byte_is_answered_from_the_injected_pages(proxy, client, metrics):
+    first = await fetch(client, proxy, "/page?coding=gzip")
+    second = await fetch(client, proxy, "/page?coding=gzip")
+    assert first[2] == second[2] and gzip.decompress(second[2]) == with_tag(PAGE)
+    assert count(metrics, "halo_injections_total", tenant="shop", outcome="head") == 2
+    csp = await fetch(client, proxy, "/page?coding=gzip&Content-Security-Policy=script-src 'nonce-n1'")
+    assert b'nonce="n1"' in gzip.decompress(csp[2])  # another tag: injected afresh
