@@ -223,3 +223,30 @@ async def test_a_form_s_own_fields_cannot_switch_the_script_off_nor_send_the_id_
     async with page.expect_navigation():
         await page.click("#away")
     assert posted and "email=a%40example.com" in posted[0] and "halo_session_id" not in posted[0]
+
+
+@pytest.mark.parametrize("cmp, script, expected", [
+    ("Cookiebot",
+     "window.Cookiebot = {hasResponse: true, consent: {necessary: true, statistics: false, marketing: false}};"
+     "window.dispatchEvent(new Event('CookiebotOnDecline'));",
+     {"analytics": False, "marketing": False}),
+    ("OneTrust",
+     "window.OneTrust = {IsAlertBoxClosed: () => true}; window.OnetrustActiveGroups = ',C0001,C0002,';"
+     "window.dispatchEvent(new CustomEvent('OneTrustGroupsUpdated', {detail: ['C0001', 'C0002']}));",
+     {"analytics": True, "marketing": False}),
+])
+async def test_cookiebot_and_onetrust_choices_reach_consent(shop, context, clean, cmp, script, expected):
+    page = await context.new_page()
+    base = f"http://localhost:{shop.port}"
+    await page.goto(f"{base}/?utm_source=news")  # tracked with the tenant's default: granted
+    html = '<!doctype html><html><head><script src="/_halo/t.js" async></script></head><body>a CMP page</body></html>'
+    await page.route(f"{base}/cmp", lambda route: route.fulfill(body=html, content_type="text/html"))
+    await page.goto(f"{base}/cmp")
+    first = await page.evaluate("HaloTrack.ready()")
+    async with page.expect_response(lambda r: r.url.endswith("/_halo/consent")) as answered:
+        await page.evaluate(script)  # the banner's own event, as its vendor documents it
+    answer = await (await answered.value).json()
+    assert {k: answer[k] for k in expected} == expected, cmp
+    row = await clean.fetchrow("SELECT consent_analytics, consent_marketing FROM sessions WHERE id = $1::uuid",
+                               first)
+    assert (row["consent_analytics"], row["consent_marketing"]) == (expected["analytics"], expected["marketing"])
