@@ -293,15 +293,7 @@ class Proxy:
                 await response.write(chunk)
             await response.write_eof()
         except UpstreamError as err:
-            if _client_gone(request):
-                return response
-            # The exchange failed after the headers went out: abort, never fake a complete body. When the
-            # visitor's own upload broke or stalled, that is not the upstream's failure.
-            if not err.kind.startswith("client_"):
-                self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
-                log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
-            if request.transport is not None:
-                request.transport.abort()
+            self._failed_mid_body(request, tenant, err)
         except ConnectionError:
             pass  # the visitor went away (aiohttp raises a plain ConnectionError too): nothing more to do
         return response
@@ -369,16 +361,21 @@ class Proxy:
             if request.transport is not None:
                 request.transport.abort()
         except UpstreamError as err:
-            if _client_gone(request):
-                return response
-            if not err.kind.startswith("client_"):
-                self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
-                log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
-            if request.transport is not None:
-                request.transport.abort()
+            self._failed_mid_body(request, tenant, err)
         except ConnectionError:
             pass
         return response
+
+    def _failed_mid_body(self, request: web.Request, tenant: Tenant, err: UpstreamError) -> None:
+        """The exchange failed after the headers went out: abort, never fake a complete body. When the visitor's
+        own upload broke or stalled, or the visitor went away, that is not the upstream's failure."""
+        if _client_gone(request):
+            return
+        if not err.kind.startswith("client_"):
+            self.metrics.upstream_errors.labels(tenant=tenant.id, kind="aborted_mid_body").inc()
+            log.warning("upstream of tenant %s failed mid-body: %s", tenant.id, err.kind)
+        if request.transport is not None:
+            request.transport.abort()
 
     async def _websocket(self, request: web.Request, tenant: Tenant, url: URL,
                          headers: CIMultiDict[str]) -> web.StreamResponse:

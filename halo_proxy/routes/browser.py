@@ -170,6 +170,12 @@ def from_this_page(request: web.Request, settings: Settings, tenant: Tenant) -> 
     return parsed.host == host
 
 
+def _session_ref(value: Any) -> str | None:
+    if value is not None and type(value) is not str:
+        raise ApiError(422, "invalid_field", "session_id must be a string.", "session_id")
+    return value
+
+
 def _page_url(value: str | None, field: str) -> str:
     if value is None or parse_url(value) is None:
         raise ApiError(422, "invalid_field", f"{field} must be an absolute http(s) URL.", field)
@@ -254,9 +260,7 @@ class BrowserRoutes:
         if URL(url).origin() != URL(external):
             raise ApiError(422, "invalid_field", "url must be a page of the calling origin.", "url")
         referrer = _text(data, "referrer")
-        ref = data.get("session_id")
-        if ref is not None and type(ref) is not str:
-            raise ApiError(422, "invalid_field", "session_id must be a string.", "session_id")
+        ref = _session_ref(data.get("session_id"))
         gpc = request.headers.get("Sec-GPC", "").strip() == "1"
         given = data.get("consent")
         if given is not None:
@@ -282,9 +286,7 @@ class BrowserRoutes:
             raise ApiError(403, "forbidden_origin", "This origin may not send events.")
         self.limits.check(tenant, client_ip)
         data = await self._json(request, tenant, settings, EVENT_BODY_MAX)
-        ref = data.pop("session_id", None)  # a site not behind the proxy has no cookie: the id from /touch
-        if ref is not None and type(ref) is not str:
-            raise ApiError(422, "invalid_field", "session_id must be a string.", "session_id")
+        ref = _session_ref(data.pop("session_id", None))  # a site not behind the proxy: the id from /touch
         name, props = parse_event(data)
         cookies = request.cookies
         raw = cookies.get(tenant.cookie.name)
