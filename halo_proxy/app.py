@@ -31,12 +31,15 @@ from .metrics import Metrics
 from .routes import browser as browser_routes
 from .routes import conversions as conversion_routes
 from .routes import health
+from .routes import operators as operator_routes
 from .routes.browser import BrowserRoutes, Script
 from .routes.common import setup_error_answers, setup_fallback
 from .routes.conversions import RateLimits, Routes
+from .routes.operators import Guard, OperatorRoutes
 from .services.browser import BrowserVisits
 from .services.conversions import Conversions
 from .services.events import Events
+from .services.privacy import Privacy
 from .services.visits import Clock, VisitTracker, utc_now
 from .storage import migrations
 from .storage.db import Database, create_pool
@@ -84,6 +87,8 @@ TRACKER = web.AppKey("visit_tracker", VisitTracker)
 WORKER = web.AppKey("delivery_worker", DeliveryWorker)
 ROUTES = web.AppKey("routes", Routes)
 BROWSER = web.AppKey("browser_routes", BrowserRoutes)
+OPERATORS = web.AppKey("operator_routes", OperatorRoutes)
+GUARD = web.AppKey("operator_guard", Guard)  # the operator key check and its failure limits, for the process
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,6 +181,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
                            app[CLOCK])  # type: ignore[arg-type]
     app[BROWSER] = BrowserRoutes(Events(app[DATABASE].pool, app[KEYS], app[METRICS]), visits, app[KEYS], limits,
                                  app[CLOCK])  # type: ignore[arg-type]
+    app[OPERATORS] = OperatorRoutes(Privacy(app[DATABASE].pool, app[KEYS], app[WRITER], app[CLOCK]),
+                                    app[GUARD])  # type: ignore[arg-type]
     yield
 
 
@@ -259,6 +266,7 @@ def create_app(
     app[CONFIG] = holder
     app[STOPPING] = Stopping()
     app[METRICS] = the_metrics
+    app[GUARD] = Guard(the_metrics)
     app[CLOCK] = clock
     prefix = settings.server.reserved_prefix  # a changed prefix takes effect at the next start
 
@@ -283,6 +291,7 @@ def create_app(
     health.setup(reserved, "", lambda: app.get(DATABASE), lambda: app[STOPPING].draining)
     conversion_routes.setup(reserved, "", lambda: app.get(ROUTES), current)
     browser_routes.setup(reserved, "", lambda: app.get(BROWSER), current, Script())
+    operator_routes.setup(reserved, "", lambda: app.get(OPERATORS), current)
     setup_fallback(reserved)  # after every route of the prefix: 404
     app.add_subapp(prefix, reserved)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--config", required=True)
     rotate.add_argument("--to-version", type=int, required=True, help="the new key version (2-255)")
 
+    key = sub.add_parser("hash-key", help="make a new operator key: prints it once, and the tenant YAML line")
+    key.add_argument("--name", default="ops", help="the key's name in the tenant file and the audit trail")
+    key.add_argument("--scopes", default="report,privacy", help="comma-separated: report, privacy")
     demo = sub.add_parser("demo", help="embedded database, a demo site and the proxy in front of it")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
@@ -89,6 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("halo-proxy: --to-version must be from 2 to 255", file=sys.stderr)
             return 2
         return rotate_keys(args.config, args.to_version)
+    if args.command == "hash-key":
+        from .operators import new_key, parse_scopes, yaml_line
+
+        try:
+            scopes = parse_scopes(args.scopes)
+        except ValueError as err:
+            print(f"halo-proxy: --scopes: {err}", file=sys.stderr)
+            return 2
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+            print("halo-proxy: --name must be 1-64 letters, digits, '_', '.' or '-'", file=sys.stderr)
+            return 2
+        key = new_key()
+        print(f"key (shown once; give it to the operator, keep it out of the tenant file): {key}")
+        print("add under the tenant's api_keys:")
+        print("  " + yaml_line(args.name, key, scopes))
+        return 0
     if args.command == "demo":
         from .demo import run_demo
 

@@ -91,6 +91,10 @@ class Metrics:
         self.browser_touches = Counter(
             "halo_browser_touches_total", "POST /touch visits from sites not behind the proxy, by tenant and outcome "
             "(session, anonymous).", ["tenant", "outcome"], registry=r)
+        # Operators.
+        self.operator_auth_failures = Counter(
+            "halo_operator_auth_failures_total", "Operator requests refused for their key, by reason (missing_key, "
+            "invalid_key, wrong_tenant, missing_scope, rate_limited).", ["reason"], registry=r)
         # Counters with closed label sets are present from the start, at zero, so that an alert can be written
         # on them before their first increment.
         for kind in ("visit", "anon", "invalid"):
@@ -99,6 +103,8 @@ class Metrics:
             self.connection_timeouts.labels(kind=kind)
         for outcome in ("ok", "error"):
             self.config_reloads.labels(outcome=outcome)
+        for reason in ("missing_key", "invalid_key", "wrong_tenant", "missing_scope", "rate_limited"):
+            self.operator_auth_failures.labels(reason=reason)
         # Children of labelled metrics used on every request, looked up once per label set. Label values come
         # from closed sets (tenant ids, status classes, reasons), so these stay small.
         self._status_children: dict[tuple[str, int], Counter] = {}

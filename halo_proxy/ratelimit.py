@@ -71,6 +71,14 @@ class TokenBucket:
             return True, 0.0
         return False, (cost - bucket[0]) / self.rate_per_s
 
+    def wait(self, key: Hashable, now: float) -> float:
+        """Seconds until `key` has a whole token, without taking it (0.0 when it has one now)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket[0] + max(0.0, now - bucket[1]) * self.rate_per_s)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate_per_s
+
     def _evict_idle(self, now: float) -> None:
         buckets = self._buckets
         for _ in range(_IDLE_EVICTIONS_PER_CALL):

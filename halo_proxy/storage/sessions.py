@@ -48,6 +48,7 @@ __all__ = [
     "list_touches",
     "purge_expired",
     "update_consent",
+    "delete_sessions_counted",
     "write_visits",
 ]
 
@@ -532,13 +533,14 @@ _DELETE_SESSIONS = """
 WITH gone AS (
     DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::uuid[]) RETURNING id
 ), touches_gone AS (
-    DELETE FROM touches WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
+    DELETE FROM touches WHERE tenant_id = $1 AND session_id = ANY($2::uuid[]) RETURNING 1
 ), events_gone AS (
-    DELETE FROM events WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
+    DELETE FROM events WHERE tenant_id = $1 AND session_id = ANY($2::uuid[]) RETURNING 1
 ), consent_gone AS (
     DELETE FROM consent_changes WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])
 )
-SELECT count(*) FROM gone
+SELECT (SELECT count(*) FROM gone) AS sessions, (SELECT count(*) FROM touches_gone) AS touches,
+       (SELECT count(*) FROM events_gone) AS events
 """
 
 _PURGE_SESSIONS = """
@@ -556,14 +558,19 @@ SELECT count(*) FROM gone
 
 
 async def delete_sessions(db: Executor, tenant_id: str, session_ids: Sequence[UUID]) -> int:
-    """Delete sessions with their touches, events and consent history (one statement); return how many sessions existed."""
+    """Delete sessions with their touches, events and consent history (one statement); return how many sessions
+    existed."""
+    return (await delete_sessions_counted(db, tenant_id, session_ids))[0]
+
+
+async def delete_sessions_counted(db: Executor, tenant_id: str,
+                                  session_ids: Sequence[UUID]) -> tuple[int, int, int]:
+    """`delete_sessions`, answering how many sessions, touches and events went."""
     if not session_ids:
-        return 0
+        return 0, 0, 0
     with translate_errors():
-        deleted = await db.fetchval(
-            _DELETE_SESSIONS, tenant_id, list(session_ids),
-        )
-    return int(deleted)
+        row = await db.fetchrow(_DELETE_SESSIONS, tenant_id, list(session_ids))
+    return int(row["sessions"]), int(row["touches"]), int(row["events"])
 
 
 async def purge_expired(

@@ -1,0 +1,223 @@
+"""Operator keys and `DELETE /_halo/delete-user` through the app, with PostgreSQL: `halo-proxy hash-key`, the
+401/403 matrix whatever Host a key is sent to, failed attempts limited per IP, and an erasure that leaves the
+revenue as it was while no plain or decryptable identifier of the person remains."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+
+import aiohttp
+import pytest
+
+from halo_proxy.app import WRITER, create_app
+from halo_proxy.cli import main
+from halo_proxy.config import parse
+from halo_proxy.crypto import KeyRing
+from halo_proxy.metrics import Metrics
+from halo_proxy.operators import key_digest
+from halo_proxy.storage import audit
+from tests.procs import TEST_SECRET
+from tests.upstream import create_upstream
+
+KEYS = KeyRing(TEST_SECRET)
+HOST, OTHER = "shop.localhost", "other.localhost"
+SECRET = "whsec-operators-0123456789"
+OPS, REPORT_ONLY, OTHER_OPS = "halo_ops-key-of-shop", "halo_report-key-of-shop", "halo_ops-key-of-other"
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36"
+PAGE = {"Accept": "text/html", "Sec-Fetch-Dest": "document", "User-Agent": UA}
+
+
+def settings(upstream_port: int, platform_port: int):  # type: ignore[no-untyped-def]
+    return parse(f"""
+tenants:
+  - id: shop
+    hosts: [{HOST}]
+    upstream: http://127.0.0.1:{upstream_port}
+    currency: CZK
+    default_phone_region: CZ
+    webhook_secret: {SECRET}
+    api_keys:
+      - {{name: ops, sha256: "{key_digest(OPS)}", scopes: [report, privacy]}}
+      - {{name: marketing, sha256: "{key_digest(REPORT_ONLY)}", scopes: [report]}}
+    forwarders:
+      meta: {{pixel_id: "1", access_token: t, base_url: "http://127.0.0.1:{platform_port}"}}
+  - id: other
+    hosts: [{OTHER}]
+    upstream: http://127.0.0.1:{upstream_port}
+    webhook_secret: {SECRET}
+    api_keys:
+      - {{name: ops, sha256: "{key_digest(OTHER_OPS)}", scopes: [report, privacy]}}
+""", "t.yaml", {})
+
+
+@pytest.fixture
+async def clean(db_pool):
+    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, "
+                          "forward_attempts, events, consent_changes, privacy_audit CASCADE")
+    return db_pool
+
+
+@pytest.fixture
+async def site(aiohttp_server, clean, unused_tcp_port_factory):
+    upstream = await aiohttp_server(create_upstream())
+    # Meta's base URL is a closed loopback port: forwards stay pending (the erasure must cancel them).
+    return await aiohttp_server(create_app(settings(upstream.port, unused_tcp_port_factory()), Metrics(), keys=KEYS,
+                                           pool=clean, migrate=False))
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
+def url(site, path: str) -> str:  # type: ignore[no-untyped-def]
+    return f"http://127.0.0.1:{site.port}{path}"
+
+
+async def delete(http, site, query: str, key: str | None = OPS, host: str = HOST,  # type: ignore[no-untyped-def]
+                 ip: str | None = None):
+    headers = {"Host": host}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    async with http.delete(url(site, f"/_halo/delete-user?{query}"), headers=headers) as resp:
+        return resp.status, resp.headers, await resp.json()
+
+
+async def signed(http, site, path: str, payload: dict, host: str = HOST):  # type: ignore[no-untyped-def]
+    body = json.dumps(payload).encode()
+    t = int(time.time())
+    mac = hmac.new(SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    async with http.post(url(site, path), data=body, headers={
+            "Host": host, "Content-Type": "application/json", "X-Halo-Signature": f"t={t},v1={mac}"}) as resp:
+        assert resp.status in (200, 201), await resp.text()
+        return await resp.json()
+
+
+async def person_journey(http, site, host: str = HOST) -> str:  # type: ignore[no-untyped-def]
+    """A visit from an ad, identify, a custom event, a lead and an order: everything a person leaves."""
+    async with http.get(url(site, "/?utm_source=google&utm_medium=cpc&gclid=g-1"),
+                        headers={**PAGE, "Host": host}) as resp:
+        cookie = resp.cookies["_halo"].value
+    jar = {"Host": host, "Cookie": f"_halo={cookie}", "Content-Type": "application/json", "Origin": f"http://{host}"}
+    async with http.post(url(site, "/_halo/identify"), data=json.dumps({"email": "Jana.Novak@Example.cz"}),
+                         headers=jar) as resp:
+        assert resp.status == 200
+    async with http.post(url(site, "/_halo/event"), data=json.dumps({"name": "add_to_cart"}), headers=jar) as resp:
+        assert (await resp.json()) == {"accepted": True}
+    await signed(http, site, "/_halo/webhook/lead", {"email": "jana.novak@example.cz", "name": "Jana Novák",
+                                                     "message": "call me", "value": 100, "event_id": "l-1"}, host)
+    await signed(http, site, "/_halo/webhook/order", {"order_id": "o-1", "value": 2500, "currency": "CZK",
+                                                      "phone": "+420 601 234 567"}, host)
+    return cookie
+
+
+def test_hash_key_prints_a_key_once_and_the_line_that_accepts_it(capsys):
+    assert main(["hash-key", "--name", "agency", "--scopes", "report"]) == 0
+    out = capsys.readouterr().out
+    key = re.search(r"(halo_[A-Za-z0-9_-]{43})", out).group(1)
+    line = re.search(r"(- \{name: agency.*\})", out).group(1)
+    assert line == f'- {{name: agency, sha256: "{hashlib.sha256(key.encode()).hexdigest()}", scopes: [report]}}'
+    loaded = parse(f"tenants:\n  - id: a\n    hosts: [a.test]\n    upstream: http://127.0.0.1:1\n    api_keys:\n"
+                   f"      {line}\n", "t.yaml", {})
+    assert loaded.tenants[0].api_keys[0].scopes == frozenset({"report"})
+    assert main(["hash-key", "--scopes", "report,everything"]) == 2
+
+
+@pytest.mark.parametrize("key, host, status, code", [
+    (None, HOST, 401, "missing_key"),
+    ("halo_not-a-key-anyone-has", HOST, 401, "invalid_key"),
+    (REPORT_ONLY, HOST, 403, "missing_scope"),
+    (OTHER_OPS, HOST, 403, "wrong_tenant"),  # another tenant's key at this tenant's host
+    (OPS, OTHER, 403, "wrong_tenant"),  # this tenant's key at another tenant's host
+])
+async def test_keys_are_checked_whatever_host_they_are_sent_to(site, http, clean, key, host, status, code):
+    await person_journey(http, site)
+    got, headers, answer = await delete(http, site, "email=jana.novak@example.cz", key, host)
+    assert (got, answer["error"]) == (status, code)
+    assert ("WWW-Authenticate" in headers) == (status == 401)
+    assert await clean.fetchval("SELECT count(*) FROM sessions") == 1
+    assert await clean.fetchval("SELECT count(*) FROM conversions WHERE email_bidx IS NOT NULL") == 1
+
+
+async def test_failed_attempts_are_limited_per_address_and_counted(site, http):
+    for _ in range(10):
+        assert (await delete(http, site, "email=a@b.cz", "halo_guess"))[0] == 401
+    status, headers, answer = await delete(http, site, "email=a@b.cz", "halo_guess")
+    assert (status, answer["error"]) == (429, "rate_limited") and int(headers["Retry-After"]) >= 1
+    status, _, _ = await delete(http, site, "email=a@b.cz", OPS)  # even the right key waits: no oracle
+    assert status == 429
+    from halo_proxy.app import METRICS
+    registry = site.app[METRICS].registry
+    assert registry.get_sample_value("halo_operator_auth_failures_total", {"reason": "invalid_key"}) == 10
+    assert registry.get_sample_value("halo_operator_auth_failures_total", {"reason": "rate_limited"}) == 2
+
+
+async def test_delete_user_erases_the_person_and_keeps_the_revenue(site, http, clean):
+    await person_journey(http, site)
+    await person_journey(http, site, OTHER)  # the same person at another tenant: untouched
+    assert await site.app[WRITER].flush()
+    revenue = await clean.fetchval("SELECT sum(value) FROM conversions WHERE tenant_id = 'shop'")
+    pending = await clean.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = 'shop' AND status = 'pending'")
+    assert pending >= 1
+    status, _, answer = await delete(http, site, "email=JANA.NOVAK@example.cz&phone=601234567")
+    assert status == 200
+    assert answer == {"sessions_deleted": 1, "touches_deleted": 1, "events_deleted": 1, "leads_anonymized": 1,
+                      "orders_anonymized": 1, "forwards_cancelled": pending}
+    assert await clean.fetchval("SELECT sum(value) FROM conversions WHERE tenant_id = 'shop'") == revenue
+    for table in ("sessions", "touches", "events", "identities"):
+        assert await clean.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = 'shop'") == 0, table
+        assert await clean.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = 'other'") >= 1, table
+    row = await clean.fetchrow("SELECT * FROM conversions WHERE tenant_id = 'shop' AND kind = 'lead'")
+    assert (row["email_enc"], row["email_bidx"], row["name_enc"], row["message_enc"]) == (None,) * 4
+    assert row["attribution"] is not None and row["anonymized_at"] is not None
+    statuses = {r["status"] for r in await clean.fetch(
+        "SELECT status, payload_enc FROM forwards WHERE tenant_id = 'shop'")}
+    assert "pending" not in statuses and "cancelled" in statuses
+    assert await clean.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = 'shop' AND payload_enc IS NOT NULL") \
+        == 0
+    # A raw dump of every table: no plain identifier, and nothing that decrypts to one.
+    plain = ("jana", "novak", "novák", "601234567", "601 234 567", "example.cz")
+    tables = [r["tablename"] for r in await clean.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    for table in tables:
+        for record in await clean.fetch(f"SELECT * FROM {table}"):
+            row_ = dict(record)
+            if row_.get("tenant_id") != "shop":
+                continue
+            assert not any(p in repr(row_).lower() for p in plain), (table, row_)
+            for column, value in row_.items():
+                if isinstance(value, bytes) and value:
+                    try:
+                        text = KEYS.decrypt("shop", table, column, value)
+                    except Exception:  # not a ciphertext of that column: nothing to read
+                        continue
+                    assert not any(p in text.lower() for p in plain), (table, column)
+    # The audit entry: the key's name, the counts, and a keyed hash; nothing that reads as the person.
+    [entry] = await audit.entries(clean, "shop")
+    assert (entry["action"], entry["key_name"], entry["subject_kind"]) == ("delete", "ops", "email+phone")
+    assert json.loads(entry["counts"]) == answer
+    dump = repr([dict(r) for r in await clean.fetch("SELECT * FROM privacy_audit")]).lower()
+    for plain in ("jana", "novak", "601234567", "601 234 567", "example.cz"):
+        assert plain not in dump
+    # Repeating it is safe, and the person may come back as anyone does.
+    again = await delete(http, site, "email=jana.novak@example.cz&phone=+420601234567")
+    assert again[0] == 200 and set(again[2].values()) == {0}
+    await person_journey(http, site)
+    assert await clean.fetchval("SELECT count(*) FROM sessions WHERE tenant_id = 'shop'") >= 1
+
+
+@pytest.mark.parametrize("query, status, field", [
+    ("", 422, "email"),
+    ("email=", 422, "email"),
+    ("email=not-an-email", 422, "email"),
+    ("phone=12", 422, "phone"),
+    ("name=Jana", 422, "name"),
+])
+async def test_delete_user_names_what_is_wrong(site, http, query, status, field):
+    got, _, answer = await delete(http, site, query)
+    assert (got, answer.get("field")) == (status, field), answer
+
