@@ -221,3 +221,55 @@ async def test_delete_user_names_what_is_wrong(site, http, query, status, field)
     got, _, answer = await delete(http, site, query)
     assert (got, answer.get("field")) == (status, field), answer
 
+
+
+async def export(http, site, query: str, key: str | None = OPS, host: str = HOST):  # type: ignore[no-untyped-def]
+    headers = {"Host": host}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    async with http.get(url(site, f"/_halo/export-user?{query}"), headers=headers) as resp:
+        return resp.status, resp.headers, await resp.json()
+
+
+SHAPE = {"subject", "sessions", "touches", "consent", "events", "identities", "leads", "orders", "forwards"}
+
+
+async def test_export_user_gives_everything_decrypted_and_is_audited(site, http, clean):
+    cookie = await person_journey(http, site)
+    await person_journey(http, site, OTHER)
+    status, headers, data = await export(http, site, "email=Jana.Novak@example.cz&phone=00420601234567")
+    assert status == 200 and headers["Cache-Control"] == "no-store" and set(data) == SHAPE
+    assert data["subject"] == {"email": "jana.novak@example.cz", "phone": "+420601234567"}
+    [session] = data["sessions"]
+    assert session["id"] == str(KEYS.open_session("shop", cookie))
+    assert session["first_touch"]["source"] == "google" and session["click_ids"]["gclid"]["value"] == "g-1"
+    assert session["user_agent"] == UA and session["ip"] == "127.0.0.1"  # kept under marketing consent
+    assert [t["source"] for t in data["touches"]] == ["google"]
+    assert data["consent"][0]["change"] == "current" and data["consent"][0]["analytics"] is True
+    assert [e["name"] for e in data["events"]] == ["add_to_cart"]
+    assert [i["value"] for i in data["identities"]] == ["jana.novak@example.cz"]
+    [lead], [order] = data["leads"], data["orders"]
+    assert (lead["email"], lead["name"], lead["message"], lead["value"]) == (
+        "jana.novak@example.cz", "Jana Novák", "call me", 100.0)
+    assert lead["match_type"] == "email" and lead["attribution"]["first_touch"]["source"] == "google"
+    assert (order["phone"], order["value"], order["external_id"]) == ("+420601234567", 2500.0, "o-1")
+    assert {f["platform"] for f in data["forwards"]} == {"meta"}
+    assert all({"platform", "status", "event_id", "at", "consent"} <= set(f) for f in data["forwards"])
+    # Only this tenant's rows, whatever the other tenant holds about the same person.
+    assert all(s["id"] != str(KEYS.open_session("other", cookie)) for s in data["sessions"])
+    [entry] = await audit.entries(clean, "shop")
+    assert entry["action"] == "export" and json.loads(entry["counts"])["leads"] == 1
+    assert "jana" not in repr(dict(entry)).lower()
+
+
+async def test_export_of_an_unknown_person_has_the_same_shape_with_empty_lists(site, http):
+    status, _, data = await export(http, site, "email=nobody@example.cz")
+    assert status == 200 and set(data) == SHAPE and data["subject"] == {"email": "nobody@example.cz"}
+    assert all(data[name] == [] for name in SHAPE - {"subject"})
+
+
+@pytest.mark.parametrize("key, host, status", [
+    (None, HOST, 401), ("halo_nope", HOST, 401), (REPORT_ONLY, HOST, 403), (OTHER_OPS, HOST, 403), (OPS, OTHER, 403),
+])
+async def test_export_takes_the_same_keys(site, http, key, host, status):
+    assert (await export(http, site, "email=jana.novak@example.cz", key, host))[0] == status

@@ -1,4 +1,4 @@
-"""Operator routes under the reserved prefix: `DELETE /delete-user` (scope `privacy`). Report, export and the
+"""Operator routes under the reserved prefix: `DELETE /delete-user` and `GET /export-user` (scope `privacy`). Report, export and the
 dashboard land here too.
 
 Every operator route takes `Authorization: Bearer <key>` (`operators.check_key`): no or an unknown key 401, a key of
@@ -71,6 +71,13 @@ class OperatorRoutes:
         email, phone = person(request, tenant)
         return json_ok(200, await self.privacy.erase(tenant, email, phone, key.name))
 
+    async def export_user(self, request: web.Request, tenant: Tenant, settings: Settings,
+                          client_ip: str | None) -> web.StreamResponse:
+        key = self.guard.require(request, settings, tenant, client_ip, "privacy")
+        email, phone = person(request, tenant)
+        return json_ok(200, await self.privacy.export(tenant, email, phone, key.name),
+                       headers={"Cache-Control": "no-store"})
+
 
 def person(request: web.Request, tenant: Tenant) -> tuple[str | None, str | None]:
     """The `email` and/or `phone` query parameters, normalised (any format of the same number is the same phone);
@@ -90,3 +97,4 @@ def person(request: web.Request, tenant: Tenant) -> tuple[str | None, str | None
 def setup(app: web.Application, prefix: str, routes: Callable[[], OperatorRoutes | None],
           settings: Callable[[], Settings]) -> None:
     app.router.add_delete(f"{prefix}/delete-user", handler_for(OperatorRoutes.delete_user, routes, settings))
+    app.router.add_get(f"{prefix}/export-user", handler_for(OperatorRoutes.export_user, routes, settings))

@@ -1,4 +1,5 @@
-"""Privacy operations as use cases: erasing a person (`DELETE /_halo/delete-user`).
+"""Privacy operations as use cases: erasing a person (`DELETE /_halo/delete-user`) and exporting everything
+stored about them (`GET /_halo/export-user`).
 
 A person is found by the blind indexes of their email and phone: the sessions those identifiers were linked to,
 and the conversions that carry them or were matched to those sessions. Erasure, in one transaction: the sessions go
@@ -7,6 +8,11 @@ change) and lose email, phone, name, message and free fields; their pending and 
 every forward loses its payload; an audit entry records a keyed hash of the identifier, the key's name and the
 counts. The page-view write queue is flushed first, so a visit of the person still queued is erased too.
 Repeating it finds nothing more to do.
+
+The export reads the same person the same way and decrypts every value: sessions (with IP and user agent when they
+were kept), touches, consent (each session's consent in force and its history), custom events, leads, orders and
+the delivery ledger (each forward's platform, status, event id, time and the consent it was sent under, with its
+attempts). It is audited too (action `export`, the counts of what was exported).
 """
 
 from __future__ import annotations
@@ -14,13 +20,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
+import orjson
 
 from ..config import Tenant
 from ..crypto import KeyRing
 from ..storage import audit as audit_store
+from ..storage import consent as consent_store
 from ..storage import conversions as conversion_store
+from ..storage import events as event_store
 from ..storage import identities as identity_store
 from ..storage import outbox
 from ..storage import sessions as session_store
@@ -68,3 +79,112 @@ class Privacy:
             await audit_store.record(conn, tenant.id, "delete", "+".join(subject), b"".join(subject.values()),
                                      key_name, counts, now)
         return counts
+
+    async def export(self, tenant: Tenant, email: str | None, phone: str | None, key_name: str) -> dict[str, Any]:
+        subject = self.subject(tenant, email, phone)
+        await self.writer.flush()
+        tid = tenant.id
+        dec = self.keys.decrypt
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+            links = []
+            for kind, bidx in subject.items():
+                links += await identity_store.find_identities(conn, tid, kind, bidx)
+            session_ids = sorted({link.session_id for link in links})
+            sessions = [s for s in [await session_store.get_session(conn, tid, sid) for sid in session_ids] if s]
+            touches = {sid: await session_store.list_touches(conn, tid, sid) for sid in session_ids}
+            history = await consent_store.changes_for_sessions(conn, tid, session_ids)
+            events = await event_store.events_for_sessions(conn, tid, session_ids)
+            conversions = await conversion_store.find_for_person(
+                conn, tid, email_bidx=subject.get("email"), phone_bidx=subject.get("phone"), session_ids=session_ids)
+            forwards = await outbox.forwards_for_conversions(conn, tid, [c.id for c in conversions])
+            attempts = await outbox.attempts_for(conn, [f.id for f in forwards])
+        by_forward: dict[int, list[Any]] = {}
+        for attempt in attempts:
+            by_forward.setdefault(attempt.forward_id, []).append(attempt)
+        export: dict[str, Any] = {
+            "subject": {k: v for k, v in (("email", email), ("phone", phone)) if v is not None},
+            "sessions": [_session(s, lambda column, blob: dec(tid, "sessions", column, blob)) for s in sessions],
+            "touches": [_touch(sid, t) for sid in session_ids for t in touches[sid]],
+            "consent": [{"session_id": str(s.id), "analytics": s.consent.analytics,
+                         "marketing": s.consent.marketing, "gpc": s.consent.gpc, "source": s.consent.source,
+                         "at": s.updated_at.isoformat(), "change": "current"} for s in sessions]
+                       + [{"session_id": str(h.session_id), "analytics": h.analytics, "marketing": h.marketing,
+                           "gpc": h.gpc, "source": "halotrack", "at": h.at.isoformat(), "change": h.change}
+                          for h in history],
+            "events": [{"session_id": str(e.session_id), "name": e.name, "at": e.at.isoformat(),
+                        "props": orjson.loads(dec(tid, "events", "props_enc", e.props_enc)) if e.props_enc else None}
+                       for e in events],
+            "identities": [{"session_id": str(link.session_id), "kind": link.kind,
+                            "value": dec(tid, "identities", "enc", link.enc),
+                            "first_seen": link.created_at.isoformat(), "last_seen": link.last_seen_at.isoformat()}
+                           for link in links],
+            "leads": [], "orders": [],
+            "forwards": [_forward(f, by_forward.get(f.id, [])) for f in forwards],
+        }
+        for c in conversions:
+            export["leads" if c.kind == "lead" else "orders"].append(
+                _conversion(c, lambda column, blob: dec(tid, "conversions", column, blob)))
+        counts = {name: len(export[name]) for name in ("sessions", "touches", "consent", "events", "leads", "orders",
+                                                       "forwards")}
+        await audit_store.record(self.pool, tid, "export", "+".join(subject), b"".join(subject.values()), key_name,
+                                 counts, self.clock())
+        return export
+
+
+Decrypt = Callable[[str, bytes], str]
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _touch_json(t: Any) -> dict[str, Any]:
+    return {"at": _when(t.at), "source": t.source, "medium": t.medium, "campaign": t.campaign, "term": t.term,
+            "content": t.content, "channel": t.channel, "referrer_domain": t.referrer_domain,
+            "referrer_url": t.referrer_url, "landing_path": t.landing_path}
+
+
+def _touch(session_id: uuid.UUID, t: Any) -> dict[str, Any]:
+    return {"session_id": str(session_id), **_touch_json(t), "click_ids": t.click_id_map}
+
+
+def _session(s: Any, dec: Decrypt) -> dict[str, Any]:
+    return {
+        "id": str(s.id), "created_at": _when(s.created_at), "updated_at": _when(s.updated_at),
+        "first_touch": _touch_json(s.first_touch), "last_touch": _touch_json(s.last_touch),
+        "click_ids": {name: {"value": c.value, "at": _when(c.at)} for name, c in s.click_ids.items()},
+        "device": {"type": s.device.device_type, "browser": s.device.browser, "os": s.device.os},
+        "geo": {"country": s.geo.country, "region": s.geo.region, "city": s.geo.city},
+        "ip": dec("ip_enc", s.ip_enc) if s.ip_enc else None,
+        "ip_hashed": s.ip_hash is not None,
+        "user_agent": dec("user_agent_enc", s.user_agent_enc) if s.user_agent_enc else None,
+        "fbp": s.fbp, "fbc": s.fbc,
+    }
+
+
+def _conversion(c: Any, dec: Decrypt) -> dict[str, Any]:
+    def text(column: str, blob: bytes | None) -> str | None:
+        return dec(column, blob) if blob else None
+
+    fields = text("fields_enc", c.fields_enc)
+    return {
+        "id": str(c.id), "source": c.source, "external_id": c.external_id, "created_at": _when(c.created_at),
+        "occurred_at": _when(c.occurred_at), "value": float(c.value) if isinstance(c.value, Decimal) else c.value,
+        "currency": c.currency, "email": text("email_enc", c.email_enc), "phone": text("phone_enc", c.phone_enc),
+        "name": text("name_enc", c.name_enc), "message": text("message_enc", c.message_enc),
+        "fields": orjson.loads(fields) if fields else None, "form_type": c.form_type, "items": c.items,
+        "consent_marketing": c.consent_marketing, "session_id": str(c.session_id) if c.session_id else None,
+        "match_type": c.match_type, "attribution": c.response.get("attribution") if c.response else None,
+        "anonymized_at": _when(c.anonymized_at),
+    }
+
+
+def _forward(f: Any, attempts: list[Any]) -> dict[str, Any]:
+    sent = [a for a in attempts if a.outcome in ("sent", "unconfirmed")]
+    return {
+        "platform": f.platform, "status": f.status, "event_id": f.event_id,
+        "at": _when(f.sent_at or f.updated_at),
+        "consent": {"marketing": sent[-1].consent_marketing} if sent else None,
+        "attempts": [{"at": _when(a.at), "outcome": a.outcome, "reason": a.reason, "http_status": a.http_status,
+                      "consent_marketing": a.consent_marketing} for a in attempts],
+    }
