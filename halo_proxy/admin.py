@@ -135,3 +135,29 @@ def outbox_command(args) -> int:  # type: ignore[no-untyped-def]
 
     result, code = with_database(job, "the outbox could not be read (has `halo-proxy migrate` run?)")
     return code if code is not None else result
+
+
+def purge(config_path: str, dry_run: bool) -> int:
+    """`halo-proxy purge`: apply every tenant's retention_days now (or, with --dry-run, count what would go)."""
+    from datetime import UTC, datetime
+
+    from .services.retention import Retention
+
+    settings = load_settings(config_path)
+    if settings is None:
+        return 2
+
+    async def job(pool):  # type: ignore[no-untyped-def]
+        return await Retention(pool, lambda: datetime.now(UTC)).purge(settings.tenants, dry_run=dry_run)
+
+    found, code = with_database(job, "the purge failed")
+    if code is not None:
+        return code
+    if found is None:
+        print("halo-proxy: another process is purging now (its advisory lock is held); try again later",
+              file=sys.stderr)
+        return 1
+    verb = "would delete" if dry_run else "deleted"
+    for tenant_id, counts in found.items():
+        print(f"{tenant_id}: {verb} " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return 0

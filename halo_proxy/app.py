@@ -40,6 +40,7 @@ from .services.browser import BrowserVisits
 from .services.conversions import Conversions
 from .services.events import Events
 from .services.privacy import Privacy
+from .services.retention import Retention
 from .services.visits import Clock, VisitTracker, utc_now
 from .storage import migrations
 from .storage.db import Database, create_pool
@@ -147,6 +148,16 @@ async def write_queue_ctx(app: web.Application) -> AsyncIterator[None]:
                                 clock=app[CLOCK])  # type: ignore[arg-type]
     yield
     await writer.close()
+
+
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The retention purge, hourly in the background (one process at a time across replicas: an advisory lock)."""
+    holder = app[CONFIG]
+    retention = Retention(app[DATABASE].pool, app[CLOCK], app[METRICS])  # type: ignore[arg-type]
+    task = asyncio.create_task(retention.run(lambda: holder.current.tenants), name="halo-retention")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -275,7 +286,7 @@ def create_app(
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
         app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate), migrations_ctx, write_queue_ctx, delivery_ctx,
-                                services_ctx])
+                                services_ctx, retention_ctx])
         app.on_startup.append(_warm_parsers)
 
     # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,

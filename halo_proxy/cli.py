@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--config", required=True)
     rotate.add_argument("--to-version", type=int, required=True, help="the new key version (2-255)")
 
+    purge = sub.add_parser("purge", help="delete what each tenant's retention_days lets go (or count it)")
+    purge.add_argument("--config", required=True, help="the tenant YAML")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
     key = sub.add_parser("hash-key", help="make a new operator key: prints it once, and the tenant YAML line")
     key.add_argument("--name", default="ops", help="the key's name in the tenant file and the audit trail")
     key.add_argument("--scopes", default="report,privacy", help="comma-separated: report, privacy")
@@ -93,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("halo-proxy: --to-version must be from 2 to 255", file=sys.stderr)
             return 2
         return rotate_keys(args.config, args.to_version)
+    if args.command == "purge":
+        from .admin import purge
+
+        return purge(args.config, args.dry_run)
     if args.command == "hash-key":
         from .operators import new_key, parse_scopes, yaml_line
 

@@ -121,9 +121,10 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    sessions: int = 395
+    sessions: int = 395  # sessions inactive this long go, with their touches, events and consent history
     anon_events: int = 90
-    forwards: int = 90
+    forwards: int = 90  # finished forwards (sent, dead, skipped, cancelled) and their ledger
+    events: int = 395  # custom events, also of sessions still active
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,7 +590,7 @@ def _timeouts(r: _Reader, label: str, raw: Any) -> Timeouts:
 
 def _retention(r: _Reader, label: str, raw: Any) -> Retention:
     retention = Retention()
-    rdata = r.section(f"{label}.retention_days", raw, {"sessions", "anon_events", "forwards"})
+    rdata = r.section(f"{label}.retention_days", raw, {"sessions", "anon_events", "forwards", "events"})
     if not rdata:
         return retention
     w = f"{label}.retention_days"
@@ -599,7 +600,8 @@ def _retention(r: _Reader, label: str, raw: Any) -> Retention:
 
     return Retention(sessions=r.get(w, rdata, "sessions", int, retention.sessions, check=days),
                      anon_events=r.get(w, rdata, "anon_events", int, retention.anon_events, check=days),
-                     forwards=r.get(w, rdata, "forwards", int, retention.forwards, check=days))
+                     forwards=r.get(w, rdata, "forwards", int, retention.forwards, check=days),
+                     events=r.get(w, rdata, "events", int, retention.events, check=days))
 
 
 def _rate_limit(r: _Reader, label: str, raw: Any) -> RateLimit:

@@ -91,6 +91,9 @@ class Metrics:
         self.browser_touches = Counter(
             "halo_browser_touches_total", "POST /touch visits from sites not behind the proxy, by tenant and outcome "
             "(session, anonymous).", ["tenant", "outcome"], registry=r)
+        self.purged = Counter(
+            "halo_purged_rows_total", "Rows deleted by the retention purge, by tenant and kind (sessions, events, "
+            "anon_events, forwards).", ["tenant", "kind"], registry=r)
         # Operators.
         self.operator_auth_failures = Counter(
             "halo_operator_auth_failures_total", "Operator requests refused for their key, by reason (missing_key, "

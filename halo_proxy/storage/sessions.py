@@ -543,15 +543,16 @@ SELECT (SELECT count(*) FROM gone) AS sessions, (SELECT count(*) FROM touches_go
        (SELECT count(*) FROM events_gone) AS events
 """
 
+# The sessions' rows elsewhere are found by session id (`= ANY` of the deleted ids: each table's session index).
 _PURGE_SESSIONS = """
 WITH gone AS (
     DELETE FROM sessions WHERE tenant_id = $1 AND updated_at < $2 RETURNING id
 ), touches_gone AS (
-    DELETE FROM touches WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
+    DELETE FROM touches WHERE tenant_id = $1 AND session_id = ANY(ARRAY(SELECT id FROM gone))
 ), events_gone AS (
-    DELETE FROM events WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
+    DELETE FROM events WHERE tenant_id = $1 AND session_id = ANY(ARRAY(SELECT id FROM gone))
 ), consent_gone AS (
-    DELETE FROM consent_changes WHERE tenant_id = $1 AND session_id IN (SELECT id FROM gone)
+    DELETE FROM consent_changes WHERE tenant_id = $1 AND session_id = ANY(ARRAY(SELECT id FROM gone))
 )
 SELECT count(*) FROM gone
 """

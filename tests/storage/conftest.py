@@ -35,7 +35,8 @@ async def generic_plan(conn: asyncpg.Connection, sql: str) -> list[dict[str, Any
 
 # Enough rows, spread over tenants, for the planner to cost plans as in production (statistics from ANALYZE).
 _SEED = """
-TRUNCATE sessions, touches, identities, conversions, forwards, forward_attempts, events, consent_changes;
+TRUNCATE sessions, touches, identities, conversions, forwards, forward_attempts, events, consent_changes,
+    anon_events;
 INSERT INTO sessions (tenant_id, id, created_at, updated_at, ft_channel, ft_landing_path, ft_at,
                       lt_channel, lt_landing_path, lt_at, consent_analytics, consent_marketing,
                       ip_enc, user_agent_enc)
@@ -47,6 +48,9 @@ SELECT s.tenant_id, s.id, s.created_at + n * interval '1 hour', 'Direct', '/'
 FROM sessions s, generate_series(0, 2) n;
 INSERT INTO events (tenant_id, session_id, name, props_enc, at)
 SELECT s.tenant_id, s.id, 'seen', NULL, s.created_at FROM sessions s, generate_series(0, 1) n;
+INSERT INTO anon_events (tenant_id, day, path, count)
+SELECT 'seed_' || (i % 20), date '2026-01-01' + (i / 20), '/p' || (i % 7), 1 FROM generate_series(1, 5000) i
+ON CONFLICT DO NOTHING;
 INSERT INTO consent_changes (tenant_id, session_id, at, analytics, marketing, gpc, change)
 SELECT s.tenant_id, s.id, s.created_at, true, false, false, 'updated' FROM sessions s;
 INSERT INTO identities (tenant_id, session_id, kind, bidx, enc, created_at, last_seen_at)
