@@ -273,3 +273,52 @@ async def test_export_of_an_unknown_person_has_the_same_shape_with_empty_lists(s
 ])
 async def test_export_takes_the_same_keys(site, http, key, host, status):
     assert (await export(http, site, "email=jana.novak@example.cz", key, host))[0] == status
+
+
+async def snapshot(pool) -> dict[tuple[str, str], object]:  # type: ignore[no-untyped-def]
+    """Every row of every tenant table, by (table, tenant): what a route may have read or changed."""
+    tables = [r["tablename"] for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    out: dict[tuple[str, str], object] = {}
+    for table in tables:
+        columns = {r["column_name"] for r in await pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)}
+        if "tenant_id" not in columns:
+            continue
+        for tenant in ("shop", "other"):
+            rows = await pool.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", tenant)
+            out[(table, tenant)] = sorted(repr(sorted(dict(r).items())) for r in rows)
+    return out
+
+
+ROUTES = [("DELETE", "/_halo/delete-user"), ("GET", "/_halo/export-user")]
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+@pytest.mark.parametrize("key, key_tenant", [(OPS, "shop"), (OTHER_OPS, "other")])
+@pytest.mark.parametrize("host, host_tenant", [(HOST, "shop"), (OTHER, "other")])
+async def test_isolation_matrix_every_operator_route_every_key_every_host(site, http, clean, method, path, key,
+                                                                        key_tenant, host, host_tenant):
+    await person_journey(http, site)
+    await person_journey(http, site, OTHER)
+    assert await site.app[WRITER].flush()
+    before = await snapshot(clean)
+    async with http.request(method, url(site, f"{path}?email=jana.novak@example.cz"),
+                            headers={"Host": host, "Authorization": f"Bearer {key}"}) as resp:
+        status, body = resp.status, await resp.json()
+    after = await snapshot(clean)
+    other_tenant = "other" if key_tenant == "shop" else "shop"
+    # Whatever happened, the other tenant's rows are exactly as they were.
+    assert {k: v for k, v in after.items() if k[1] == other_tenant} == \
+        {k: v for k, v in before.items() if k[1] == other_tenant}
+    if key_tenant != host_tenant:
+        assert (status, body["error"]) == (403, "wrong_tenant")
+        assert after == before
+        return
+    assert status == 200
+    if method == "GET":  # an export reads; only the audit trail grows
+        assert {k: v for k, v in after.items() if k[0] != "privacy_audit"} == \
+            {k: v for k, v in before.items() if k[0] != "privacy_audit"}
+        assert len(body["leads"]) == 1 and len(body["sessions"]) == 1
+        assert all(lead["email"] == "jana.novak@example.cz" for lead in body["leads"])
+    else:
+        assert body["sessions_deleted"] == 1 and after[("sessions", key_tenant)] == []
