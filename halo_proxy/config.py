@@ -688,10 +688,20 @@ def parse(text: str, path: str, env: Mapping[str, str]) -> Settings:
     wildcards: list[tuple[str, Tenant]] = []
     seen_ids: set[str] = set()
     owners: dict[str, str] = {}
+    key_owners: dict[str, str] = {}
     for tenant in tenants:
         if tenant.id in seen_ids:
             r.error(f"tenant[{tenant.id}].id", "is used by more than one tenant")
         seen_ids.add(tenant.id)
+        names: set[str] = set()
+        for key in tenant.api_keys:  # one key acts for one tenant, and its name is what the audit trail records
+            if key.sha256 in key_owners:
+                r.error(f"tenant[{tenant.id}].api_keys", f"key '{key.name}' is also listed under tenant "
+                        f"{key_owners[key.sha256]}: issue each tenant its own (halo-proxy hash-key)")
+            key_owners.setdefault(key.sha256, tenant.id)
+            if key.name in names:
+                r.error(f"tenant[{tenant.id}].api_keys", f"two keys are named '{key.name}'")
+            names.add(key.name)
         for host in tenant.hosts:
             if host in owners and owners[host] != tenant.id:
                 r.error(f"tenant[{tenant.id}].hosts", f"'{host}' is already served by tenant {owners[host]}")

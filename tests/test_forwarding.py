@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -582,3 +583,17 @@ async def test_outbox_gauges_and_counters_are_present_from_the_start(site):
     for line in ('halo_forwards_sent_total{platform="ga4"} 0.0', 'halo_storage_lost_writes_total{kind="visit"} 0.0',
                  'halo_forwards_released_total{platform="meta"} 0.0'):
         assert line in text, line
+
+
+async def test_a_forward_this_process_has_no_platform_for_waits_for_one_that_has(site, clean, clock):
+    # Another process's tenant file (a rolling deploy adding a tenant): this one retries it later, never kills it.
+    cid = uuid.uuid4()
+    await clean.execute("INSERT INTO conversions (id, tenant_id, kind, source, created_at, occurred_at) VALUES"
+                        " ($1, 'newcomer', 'lead', 'api', $2, $2)", cid, clock.now)
+    await clean.execute("INSERT INTO forwards (tenant_id, conversion_id, platform, event_id, status, next_attempt_at,"
+                        " payload_enc, created_at, updated_at) VALUES ('newcomer', $1, 'meta', 'e1', 'pending', $2,"
+                        " '\\x01', $2, $2)", cid, clock.now)
+    await site.app[WORKER].run_once()
+    row = await clean.fetchrow("SELECT status, reason, next_attempt_at FROM forwards WHERE tenant_id = 'newcomer'")
+    assert (row["status"], row["reason"]) == ("pending", "not_configured")
+    assert row["next_attempt_at"] > clock.now

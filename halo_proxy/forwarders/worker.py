@@ -276,7 +276,20 @@ class DeliveryWorker:
         tenant = self.settings_now().tenant(tenant_id)
         platform_settings = getattr(tenant.forwarders, platform, None) if tenant is not None else None
         if platform_settings is None:
-            await self._dead(platform, rows, "not_configured", f"{platform} is not configured for tenant {tenant_id}")
+            # Perhaps only this process's tenant file lacks it (a rolling deploy that adds a tenant or a platform):
+            # a process that has it sends it. Retried with backoff, dead only once its attempts run out.
+            detail = f"{platform} is not configured for tenant {tenant_id} in this process"
+            if max(r.attempts for r in rows) >= self.cfg.max_attempts:
+                await self._dead(platform, rows, "not_configured", detail)
+                return
+            now = self.clock()
+            delay = backoff(max(r.attempts for r in rows), None, self.cfg, self.rng)
+            await outbox.mark_retry(self.pool, [r.id for r in rows], self.worker_id, now + timedelta(seconds=delay),
+                                    detail, reason="not_configured", now=now,
+                                    ledger=self._ledger("retry", rows, None, None, now, reason="not_configured",
+                                                        detail=detail))
+            log.warning("%s: %d event(s) of tenant %s wait for a process that has it configured", platform,
+                        len(rows), tenant_id)
             return
         module = PLATFORMS[platform]
         now = self.clock()

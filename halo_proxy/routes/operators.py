@@ -50,7 +50,8 @@ class Guard:
             self.counter.labels(reason="rate_limited").inc()
             raise ApiError(429, "rate_limited", "Too many failed key attempts from this address; wait.",
                            headers={"Retry-After": retry_after_header(wait)})
-        verdict = check_key(settings, tenant, bearer(request.headers.get("Authorization")), scope)
+        sent = request.headers.getall("Authorization", ())
+        verdict = check_key(settings, tenant, bearer(sent[0]) if len(sent) == 1 else None, scope)
         if verdict.outcome == OK:
             return verdict.key  # type: ignore[return-value]
         self.failures.take(address, now)
@@ -86,7 +87,13 @@ def person(request: web.Request, tenant: Tenant) -> tuple[str | None, str | None
     unknown = sorted(set(query) - {"email", "phone"})
     if unknown:
         raise ApiError(422, "unknown_field", f"Unknown parameter {unknown[0]}; send email or phone.", unknown[0])
-    raw_email, raw_phone = query.get("email", "").strip(), query.get("phone", "").strip()
+    for name in ("email", "phone"):
+        if len(query.getall(name, ())) > 1:
+            raise ApiError(422, "invalid_field", f"Send {name} once: one person per request.", name)
+    raw_email, raw_phone = query.get("email", "").strip(), query.get("phone", "")
+    if raw_phone[:1] == " " and raw_phone[1:2].isdigit():
+        raw_phone = "+" + raw_phone[1:]  # an unencoded "+" of an international number arrives as a space
+    raw_phone = raw_phone.strip()
     if not raw_email and not raw_phone:
         raise ApiError(422, "missing_field", "Send email or phone: whom to act on.", "email")
     email = normalise_email(raw_email) if raw_email else None

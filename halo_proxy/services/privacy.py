@@ -54,18 +54,50 @@ class Privacy:
             found["phone"] = self.keys.blind_index(tenant.id, "phone", phone)
         return found
 
+    async def _own_sessions(self, conn: asyncpg.Connection, tenant: Tenant,
+                            subject: dict[str, bytes]) -> set[uuid.UUID]:
+        """The sessions linked to the subject's identifiers and to no one else's. A session another email (or
+        phone) was linked to too, a shared device or someone identifying as another person, is not theirs alone:
+        it is neither exported to them nor deleted for them; only their own links to it go (`erase`)."""
+        linked: set[uuid.UUID] = set()
+        for kind, bidx in subject.items():
+            linked.update(r.session_id for r in await identity_store.find_identities(conn, tenant.id, kind, bidx))
+        # Another identifier of a kind the subject names (a second email) marks someone else on the session;
+        # an identifier of another kind (the phone next to their email) is taken as theirs.
+        shared = {link.session_id for link in await identity_store.identities_of_sessions(conn, tenant.id,
+                                                                                          sorted(linked))
+                  if link.kind in subject and bytes(link.bidx) != subject[link.kind]}
+        return linked - shared
+
+    async def _own_conversions(self, conn: asyncpg.Connection, tenant: Tenant, subject: dict[str, bytes],
+                               session_ids: set[uuid.UUID]) -> list[Any]:
+        """The subject's leads and orders: those carrying their email or phone, and those matched to one of their
+        own sessions that carry no other email (or phone, when the subject gives one). A conversion carrying
+        someone else's email is that person's, whichever session it was matched to."""
+        found = await conversion_store.find_for_person(
+            conn, tenant.id, email_bidx=subject.get("email"), phone_bidx=subject.get("phone"),
+            session_ids=sorted(session_ids))
+        email, phone = subject.get("email"), subject.get("phone")
+
+        def theirs(c: Any) -> bool:
+            if (email is not None and c.email_bidx is not None and bytes(c.email_bidx) == email) or (
+                    phone is not None and c.phone_bidx is not None and bytes(c.phone_bidx) == phone):
+                return True
+            if c.session_id not in session_ids:
+                return False
+            # matched to their own session: theirs unless it names someone else by a kind the subject gives
+            return not ((email is not None and c.email_bidx is not None)
+                        or (phone is not None and c.phone_bidx is not None))
+
+        return [c for c in found if theirs(c)]
+
     async def erase(self, tenant: Tenant, email: str | None, phone: str | None, key_name: str) -> dict[str, int]:
         subject = self.subject(tenant, email, phone)
         await self.writer.flush()
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
-            session_ids: set[uuid.UUID] = set()
-            for kind, bidx in subject.items():
-                session_ids.update(r.session_id for r in await identity_store.find_identities(conn, tenant.id, kind,
-                                                                                              bidx))
-            conversions = await conversion_store.find_for_person(
-                conn, tenant.id, email_bidx=subject.get("email"), phone_bidx=subject.get("phone"),
-                session_ids=sorted(session_ids))
+            session_ids = await self._own_sessions(conn, tenant, subject)
+            conversions = await self._own_conversions(conn, tenant, subject, session_ids)
             ids = [c.id for c in conversions]
             sessions, touches, events = await session_store.delete_sessions_counted(conn, tenant.id,
                                                                                     sorted(session_ids))
@@ -86,16 +118,13 @@ class Privacy:
         tid = tenant.id
         dec = self.keys.decrypt
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-            links = []
-            for kind, bidx in subject.items():
-                links += await identity_store.find_identities(conn, tid, kind, bidx)
-            session_ids = sorted({link.session_id for link in links})
+            session_ids = sorted(await self._own_sessions(conn, tenant, subject))
+            links = [link for link in await identity_store.identities_of_sessions(conn, tid, session_ids)]
             sessions = [s for s in [await session_store.get_session(conn, tid, sid) for sid in session_ids] if s]
             touches = {sid: await session_store.list_touches(conn, tid, sid) for sid in session_ids}
             history = await consent_store.changes_for_sessions(conn, tid, session_ids)
             events = await event_store.events_for_sessions(conn, tid, session_ids)
-            conversions = await conversion_store.find_for_person(
-                conn, tid, email_bidx=subject.get("email"), phone_bidx=subject.get("phone"), session_ids=session_ids)
+            conversions = await self._own_conversions(conn, tenant, subject, set(session_ids))
             forwards = await outbox.forwards_for_conversions(conn, tid, [c.id for c in conversions])
             attempts = await outbox.attempts_for(conn, [f.id for f in forwards])
         by_forward: dict[int, list[Any]] = {}

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import asyncpg
-import orjson
 
 from .db import translate_errors
 
@@ -18,8 +17,8 @@ async def record(db: Executor, tenant_id: str, action: str, subject_kind: str, s
     with translate_errors():
         await db.execute(
             "INSERT INTO privacy_audit (tenant_id, at, action, subject_kind, subject_hash, key_name, counts) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
-            tenant_id, at, action, subject_kind, subject_hash, key_name, orjson.dumps(dict(counts)).decode(),
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            tenant_id, at, action, subject_kind, subject_hash, key_name, dict(counts),
         )
 
 

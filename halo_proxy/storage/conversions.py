@@ -236,7 +236,8 @@ async def anonymize_conversions(
     db: Executor, tenant_id: str, ids: Sequence[UUID], at: datetime
 ) -> dict[str, int]:
     """Erasure: remove email, phone, name, message and free fields (ciphertexts and blind indexes) from these
-    conversions, keeping value and attribution. Returns how many were anonymized per kind (rows anonymized
+    conversions, and the session they were matched to (a visitor coming back with the same cookie must not be
+    linked to them again), keeping value, match type and attribution. Returns how many were anonymized per kind (rows anonymized
     before do not count again)."""
     if not ids:
         return {}
@@ -244,7 +245,9 @@ async def anonymize_conversions(
         rows = await db.fetch(
             """UPDATE conversions SET
                    email_enc = NULL, email_bidx = NULL, phone_enc = NULL, phone_bidx = NULL,
-                   name_enc = NULL, message_enc = NULL, fields_enc = NULL, anonymized_at = $3
+                   name_enc = NULL, message_enc = NULL, fields_enc = NULL, anonymized_at = $3,
+                   session_id = NULL, attribution = attribution - 'session_id',
+                   response = response #- '{attribution,session_id}'
                WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND anonymized_at IS NULL
                RETURNING kind""",
             tenant_id,

@@ -4,6 +4,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -264,11 +265,13 @@ async def test_erasure_keeps_value_and_attribution(db_pool: asyncpg.Pool, tenant
         assert (after.email_enc, after.email_bidx, after.phone_enc, after.phone_bidx) == (None,) * 4
         assert (after.name_enc, after.message_enc, after.fields_enc) == (None,) * 3
         assert after.anonymized_at == DAY3
+        # value, match type and the touches stay; the matched session goes (a returning cookie must not relink)
         assert (after.value, after.attribution, after.match_type) == (
             before.value,
-            before.attribution,
+            dataclasses.replace(before.attribution, session_id=None),
             before.match_type,
         )
+        assert after.session_id is None
     assert await conversions.find_for_person(db_pool, tenant, email_bidx=b"E" * 16) == []
 
 
