@@ -267,11 +267,8 @@ class Proxy:
 
     async def _respond(self, request: web.Request, tenant: Tenant, client: Client, upstream: UpstreamResponse,
                        extra_headers: Iterable[tuple[str, str]], first: bytes | None = None) -> web.StreamResponse:
-        out_headers = response_headers(upstream.headers, tenant, request, client.https)
-        for name, value in extra_headers:
-            out_headers.add(name, value)
-        response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-        response.raw_latin1 = upstream.latin1
+        response = _proxied(upstream, response_headers(upstream.headers, tenant, request, client.https),
+                            extra_headers)
         try:
             writer = await response.prepare(request)
             if request.method == "HEAD" or upstream.status in BODYLESS_STATUS:
@@ -321,12 +318,9 @@ class Proxy:
                     return await self._respond(request, tenant, client, upstream, extra_headers, first)
                 outcome = injector.outcome or DECODE_ERROR
                 self.pages.put(tag, plan.coding, first, body, outcome)
-            out_headers = response_headers(plan.headers, tenant, request, client.https)
-            for name, value in extra_headers:
-                out_headers.add(name, value)
-            out_headers["Content-Length"] = str(len(body))
-            response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-            response.raw_latin1 = upstream.latin1
+            response = _proxied(upstream, response_headers(plan.headers, tenant, request, client.https),
+                                extra_headers)
+            response.headers["Content-Length"] = str(len(body))
             try:
                 await response.prepare(request)
                 await response.write_eof(body)
@@ -336,11 +330,7 @@ class Proxy:
             return response
         injector = Injector(tag, (prefix + "/t.js").encode())
         codec: Injector | Recoder = Recoder(plan.coding, injector) if plan.coding else injector
-        out_headers = response_headers(plan.headers, tenant, request, client.https)
-        for name, value in extra_headers:
-            out_headers.add(name, value)
-        response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-        response.raw_latin1 = upstream.latin1
+        response = _proxied(upstream, response_headers(plan.headers, tenant, request, client.https), extra_headers)
         try:
             writer = await response.prepare(request)
             out = codec.feed(first) if first else b""
@@ -436,6 +426,16 @@ class Proxy:
         if not client.closed:
             await client.close()
         return client
+
+
+def _proxied(upstream: UpstreamResponse, headers: CIMultiDict[str],
+             extra_headers: Iterable[tuple[str, str]]) -> ProxiedResponse:
+    """The visitor's response for an upstream answer: its status and reason, these headers plus HaloTrack's own."""
+    for name, value in extra_headers:
+        headers.add(name, value)
+    response = ProxiedResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response.raw_latin1 = upstream.latin1
+    return response
 
 
 def _client_gone(request: web.Request) -> bool:
