@@ -58,12 +58,15 @@ def migrate() -> int:
 
 
 def rotate_keys(config_path: str, to_version: int) -> int:
-    """`halo-proxy rotate-keys`: re-encrypt every tenant's stored personal data under key version `to_version`.
+    """`halo-proxy rotate-keys`: rewrite every tenant's stored personal data under key version `to_version`
+    (HALO_SECRET_KEY is its secret; older versions' secrets in HALO_PREVIOUS_SECRET_KEYS): ciphertexts
+    re-encrypted, blind indexes and IP hashes re-keyed.
 
     Rows already at that version are left alone, so an interrupted run can simply be started again. Old rows
-    stay readable throughout: a ring decrypts every version up to its current one.
+    stay readable throughout: a ring decrypts every version up to its current one. Before anything is
+    written, one stored value of each older version must decrypt.
     """
-    from .storage.conversions import rewrap_pii
+    from .services.rotation import UnreadableKeyVersion, check_readable, rotate
 
     settings = load_settings(config_path)
     if settings is None:
@@ -75,22 +78,26 @@ def rotate_keys(config_path: str, to_version: int) -> int:
         print(f"halo-proxy: {err}", file=sys.stderr)
         return 2
 
-    async def job(pool) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
-        done = {}
-        for tenant in settings.tenants:
-            def rewrap(table: str, column: str, blob: bytes, tenant_id: str = tenant.id) -> bytes:
-                return keys.reencrypt(tenant_id, table, column, blob)
-
-            done[tenant.id] = await rewrap_pii(pool, tenant.id, to_version, rewrap)
-        return done
+    async def job(pool) -> dict[str, dict[str, int]] | str:  # type: ignore[no-untyped-def]
+        try:
+            await check_readable(pool, keys, settings.tenants)
+        except UnreadableKeyVersion as err:
+            return str(err)
+        return await rotate(pool, keys, settings.tenants)
 
     done, code = with_database(job, "key rotation failed")
     if code is not None:
         return code
+    if isinstance(done, str):
+        print(f"halo-proxy: {done}; nothing was changed", file=sys.stderr)
+        return 2
     for tenant_id, counts in done.items():
         print(f"{tenant_id}: " + ", ".join(f"{n} {table}" for table, n in counts.items()) +
-              f" re-encrypted under key version {to_version}")
-    print(f"Now run the proxy with HALO_KEY_VERSION={to_version}.")
+              f" rewritten under key version {to_version}")
+    days = max((t.cookie.max_age_days for t in settings.tenants), default=0)
+    print(f"Now run every proxy with HALO_KEY_VERSION={to_version}. Keep the older secrets in "
+          f"HALO_PREVIOUS_SECRET_KEYS for one cookie lifetime ({days} days): visitors' cookies sealed under them "
+          "are re-sealed under the new key as they return; then remove them.")
     return 0
 
 

@@ -41,6 +41,7 @@ from .services.conversions import Conversions
 from .services.events import Events
 from .services.privacy import Privacy
 from .services.retention import Retention
+from .services.rotation import check_readable
 from .services.visits import Clock, VisitTracker, utc_now
 from .storage import migrations
 from .storage.db import Database, create_pool
@@ -129,11 +130,18 @@ def pool_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # type
 
 
 async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The schema brought up to date at start, or retried in the background until the database answers."""
+    """The schema brought up to date at start, or retried in the background until the database answers; then
+    one stored value of each older key version decrypted, so a missing previous secret stops the start
+    (UnreadableKeyVersion) instead of every old cookie and row silently failing to open."""
     database = app[DATABASE]
     retry: asyncio.Task[None] | None = None
     if not database.migrated and not await _migrate(database):
         retry = asyncio.create_task(_migrate_until_done(database), name="halo-migrate-retry")
+    elif app[KEYS].current_version > 1:
+        try:
+            await check_readable(database.pool, app[KEYS], app[CONFIG].current.tenants)
+        except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.error("stored data of older key versions could not be checked (%s)", type(err).__name__)
     yield
     if retry is not None:
         retry.cancel()

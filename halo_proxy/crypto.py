@@ -1,15 +1,34 @@
 """Key material and the primitives built on it: visitor cookies, IP hashes, PII encryption, blind indexes
 and webhook signatures.
 
-Every key is derived from the one master secret (`HALO_SECRET_KEY`) with HKDF-SHA256, per tenant and per
-purpose, under labels of the form ``halo|v1|<tenant>|<purpose>``. The labels are part of the storage format:
-changing one makes every stored ciphertext, blind index and visitor cookie of that purpose unreadable.
+Every key is derived from a master secret with HKDF-SHA256, per tenant and per purpose, under labels of the
+form ``halo|v1|<tenant>|<purpose>``. The labels are part of the storage format: changing one makes every stored
+ciphertext, blind index and visitor cookie of that purpose unreadable.
+
+Key versions
+------------
+Each key version 1..255 has a master secret: the current one is `HALO_SECRET_KEY` (version `HALO_KEY_VERSION`),
+older ones come from `HALO_PREVIOUS_SECRET_KEYS`; an older version given no secret of its own shares the current
+one (as before versions had secrets: then only the PII keys, labelled per version, differ). Everything written
+says which version wrote it: encrypted fields in their first byte, cookies in their format, IP hashes in a
+leading byte (none: version 1). Blind indexes carry no version (they are compared, not read): a lookup tries
+the index under every known version, and `halo-proxy rotate-keys` re-keys them, with the IP hashes, from the
+encrypted values beside them. New values are always written under the current version.
 
 Formats
 -------
-Visitor cookie value (44 characters of unpadded URL-safe base64, cookie-safe without quoting)::
+Visitor cookie value (44 characters of unpadded URL-safe base64, cookie-safe without quoting), version 1::
 
-    0x01 (format) || session id (16 bytes) || HMAC-SHA256(cookie key, first 17 bytes)[:16]
+    0x1s (format 1, state s) || session id (16 bytes) || HMAC-SHA256(cookie key, first 17 bytes)[:16]
+
+sealed under a later version v (the tag one byte shorter, so the value keeps its length)::
+
+    0x2s (format 2, state s) || v (1 byte) || session id (16 bytes) || HMAC-SHA256(cookie key v, first 18 bytes)[:15]
+
+A cookie sealed under an older version than the current one, by another master secret, opens with the state
+flag `COOKIE_STALE`, so the visit re-seals it under the current key.
+
+IP hash: HMAC-SHA256(ip key, canonical address) (32 bytes) under version 1; ``v || HMAC`` (33 bytes) later.
 
 Encrypted field (``bytea``)::
 
@@ -33,6 +52,7 @@ import re
 import secrets
 import threading
 import uuid
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -42,6 +62,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 __all__ = [
     "BLIND_INDEX_KINDS",
     "BLIND_INDEX_BYTES",
+    "COOKIE_STALE",
     "COOKIE_TAG_BYTES",
     "MAX_KEY_VERSION",
     "MIN_MASTER_SECRET_BYTES",
@@ -51,8 +72,10 @@ __all__ = [
     "blob_version",
     "derive_key",
     "generate_master_secret",
+    "ip_hash_version",
     "new_session_id",
     "parse_master_secret",
+    "parse_previous_secrets",
     "sign_shopify",
     "sign_webhook",
     "verify_shopify",
@@ -70,7 +93,10 @@ WEBHOOK_TOLERANCE_S = 300
 # First cookie byte: format 1 in the high nibble, the visitor's state bits (consent as last seen) in the low
 # nibble, so a change of consent is noticed without a database read.
 _COOKIE_FORMAT = 0x10
+_COOKIE_FORMAT_VERSIONED = 0x20
 COOKIE_STATE_MAX = 0x0F
+# Added to the opened state of a cookie sealed under an older key: never sealed, so it always differs.
+COOKIE_STALE = 0x10
 _COOKIE_RAW_BYTES = 1 + 16 + COOKIE_TAG_BYTES  # 33 bytes: a multiple of 3, so base64 needs no padding
 _COOKIE_CHARS = _COOKIE_RAW_BYTES * 4 // 3  # 44
 _COOKIE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_COOKIE_CHARS}}}")
@@ -155,6 +181,32 @@ def generate_master_secret() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
 
 
+def parse_previous_secrets(text: str, current_version: int) -> dict[int, bytes]:
+    """`HALO_PREVIOUS_SECRET_KEYS`: comma-separated ``<version>:<secret>`` entries, each version below the
+    current one, none twice. Raises CryptoError naming the entry by its position, never by its secret."""
+    found: dict[int, bytes] = {}
+    for position, entry in enumerate(filter(None, (e.strip() for e in text.split(","))), 1):
+        version_text, sep, secret = entry.partition(":")
+        if not sep or not version_text.strip().isdigit():
+            raise CryptoError(f"entry {position} is not <version>:<secret>")
+        version = int(version_text)
+        if not 1 <= version < current_version:
+            raise CryptoError(f"entry {position} names key version {version}; previous versions run from 1 to "
+                              f"{current_version - 1} (the current version is {current_version})")
+        if version in found:
+            raise CryptoError(f"entry {position} repeats key version {version}")
+        try:
+            found[version] = parse_master_secret(secret)
+        except CryptoError as err:
+            raise CryptoError(f"entry {position} (key version {version}): {err}") from None
+    return found
+
+
+def ip_hash_version(ip_hash: bytes | bytearray | memoryview) -> int:
+    """The key version an IP hash was made under: 32 bytes are version 1, otherwise the leading byte."""
+    return 1 if len(ip_hash) == 32 else ip_hash[0]
+
+
 def derive_key(master: bytes, tenant: str, purpose: str) -> bytes:
     """HKDF-SHA256 (no salt) of the master secret with info ``halo|v1|<tenant>|<purpose>``: 32 bytes.
 
@@ -163,6 +215,14 @@ def derive_key(master: bytes, tenant: str, purpose: str) -> bytes:
     _check_tenant(tenant)
     info = f"halo|v1|{tenant}|{purpose}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
+
+
+def _master_bytes(master: bytes | bytearray | str) -> bytes:
+    if isinstance(master, str):
+        master = parse_master_secret(master)
+    if not isinstance(master, bytes | bytearray) or len(master) < MIN_MASTER_SECRET_BYTES:
+        raise CryptoError(f"master secret must be at least {MIN_MASTER_SECRET_BYTES} bytes")
+    return bytes(master)
 
 
 def _check_tenant(tenant: str) -> None:
@@ -231,11 +291,12 @@ def blob_version(blob: bytes | bytearray | memoryview) -> int:
 
 
 class _TenantKeys:
-    """One tenant's derived keys. PII keys are derived on first use of each version."""
+    """One tenant's keys of one version. PII keys are derived on first use of each version."""
 
-    __slots__ = ("cookie_mac", "ip_mac", "blind_macs", "pii")
+    __slots__ = ("version", "cookie_mac", "ip_mac", "blind_macs", "pii")
 
-    def __init__(self, master: bytes, tenant: str) -> None:
+    def __init__(self, master: bytes, tenant: str, version: int) -> None:
+        self.version = version
         # Keyed HMAC objects are copied per call: cheaper than keying a new one each time.
         self.cookie_mac = hmac.new(derive_key(master, tenant, "cookie"), digestmod=hashlib.sha256)
         self.ip_mac = hmac.new(derive_key(master, tenant, "ip"), digestmod=hashlib.sha256)
@@ -247,29 +308,36 @@ class _TenantKeys:
 
 
 class KeyRing:
-    """All per-tenant keys derived from one master secret, cached per tenant.
+    """All per-tenant keys of every key version, cached per tenant.
 
-    `current_version` is the PII key version new ciphertexts are written with; every version from 1 up to
-    it can be read. Rotating keys means constructing the ring with a higher version and re-encrypting
-    (`reencrypt`) rows whose `blob_version` is older.
+    `current_version` is the version everything new is written with; every version from 1 up to it can be
+    read, each under its master secret (`previous`; the current one for a version not named there). Rotating
+    means constructing the ring with a higher version and a new master secret, the old one in `previous`, and
+    re-encrypting (`reencrypt`) and re-keying (`blind_index`, `rekey_ip_hash`) rows written under older ones.
     """
 
-    __slots__ = ("_master", "_current_version", "_tenants", "_open_cached", "_hash_ip_cached")
+    __slots__ = ("_masters", "_current_version", "_tenants", "_old", "_renewed", "_open_cached", "_hash_ip_cached")
 
-    def __init__(self, master: bytes | str, current_version: int = 1) -> None:
-        if isinstance(master, str):
-            master = parse_master_secret(master)
-        if not isinstance(master, bytes | bytearray) or len(master) < MIN_MASTER_SECRET_BYTES:
-            raise CryptoError(f"master secret must be at least {MIN_MASTER_SECRET_BYTES} bytes")
+    def __init__(self, master: bytes | str, current_version: int = 1,
+                 previous: Mapping[int, bytes | str] | None = None) -> None:
         if (
             not isinstance(current_version, int)
             or isinstance(current_version, bool)
             or not 1 <= current_version <= MAX_KEY_VERSION
         ):
             raise CryptoError(f"key version must be an integer from 1 to {MAX_KEY_VERSION}")
-        self._master = bytes(master)
+        current = _master_bytes(master)
+        masters = {version: current for version in range(1, current_version + 1)}
+        for version, secret in (previous or {}).items():
+            if type(version) is not int or not 1 <= version < current_version:
+                raise CryptoError(f"a previous key version must be from 1 to {current_version - 1}")
+            masters[version] = _master_bytes(secret)
+        self._masters = masters
         self._current_version = current_version
+        # Versions whose master secret differs from the current one: what they sealed must be renewed.
+        self._renewed = frozenset(v for v, m in masters.items() if v != current_version and m != current)
         self._tenants: dict[str, _TenantKeys] = {}
+        self._old: dict[tuple[str, int], _TenantKeys] = {}
         self._open_cached = functools.lru_cache(maxsize=SESSION_CACHE_SIZE)(self._open_session_state)
         self._hash_ip_cached = functools.lru_cache(maxsize=IP_HASH_CACHE_SIZE)(self._hash_ip)
 
@@ -280,17 +348,31 @@ class KeyRing:
     def current_version(self) -> int:
         return self._current_version
 
+    def renewed_versions(self) -> frozenset[int]:
+        """The older versions with a master secret of their own (whose blind indexes and IP hashes differ)."""
+        return self._renewed
+
     def _keys(self, tenant: str) -> _TenantKeys:
         keys = self._tenants.get(tenant)
         if keys is None:
-            keys = self._tenants[tenant] = _TenantKeys(self._master, tenant)
+            keys = self._tenants[tenant] = _TenantKeys(self._masters[self._current_version], tenant,
+                                                       self._current_version)
+        return keys
+
+    def _keys_of(self, tenant: str, version: int) -> _TenantKeys:
+        """The keys of `version` (1..current): the current ones unless that version has its own master secret."""
+        if version not in self._renewed:
+            return self._keys(tenant)
+        keys = self._old.get((tenant, version))
+        if keys is None:
+            keys = self._old[(tenant, version)] = _TenantKeys(self._masters[version], tenant, version)
         return keys
 
     def _aead(self, tenant: str, version: int) -> AESGCM:
         keys = self._keys(tenant)
         aead = keys.pii.get(version)
         if aead is None:
-            aead = keys.pii[version] = AESGCM(derive_key(self._master, tenant, f"pii|{version}"))
+            aead = keys.pii[version] = AESGCM(derive_key(self._masters[version], tenant, f"pii|{version}"))
         return aead
 
     # --- visitor cookie ---------------------------------------------------------------------------
@@ -306,10 +388,16 @@ class KeyRing:
             raise CryptoError("session id must be a UUID")
         if type(state) is not int or not 0 <= state <= COOKIE_STATE_MAX:
             raise CryptoError("cookie state must be an integer from 0 to 15")
-        head = bytes((_COOKIE_FORMAT | state,)) + session_id.bytes
+        version = self._current_version
+        if version == 1:
+            head = bytes((_COOKIE_FORMAT | state,)) + session_id.bytes
+            tag_bytes = COOKIE_TAG_BYTES
+        else:
+            head = bytes((_COOKIE_FORMAT_VERSIONED | state, version)) + session_id.bytes
+            tag_bytes = COOKIE_TAG_BYTES - 1
         mac = self._keys(tenant).cookie_mac.copy()
         mac.update(head)
-        return base64.urlsafe_b64encode(head + mac.digest()[:COOKIE_TAG_BYTES]).decode("ascii")
+        return base64.urlsafe_b64encode(head + mac.digest()[:tag_bytes]).decode("ascii")
 
     def open_session(self, tenant: str, value: object) -> uuid.UUID | None:
         """The session id sealed in a cookie value, or None when the value is not one of ours for this tenant.
@@ -349,18 +437,27 @@ class KeyRing:
         # The regex admits only the URL-safe alphabet and the length leaves no spare bits, so each value
         # decodes to exactly one byte string and each byte string has exactly one accepted encoding.
         raw = binascii.a2b_base64(value.encode("ascii").translate(_URLSAFE_TO_STD))
-        if raw[0] & 0xF0 != _COOKIE_FORMAT:
+        form = raw[0] & 0xF0
+        if form == _COOKIE_FORMAT:
+            version, head = 1, 17
+        elif form == _COOKIE_FORMAT_VERSIONED:
+            version, head = raw[1], 18
+            if not 2 <= version <= self._current_version:
+                return None
+        else:
             return None
-        mac = self._keys(tenant).cookie_mac.copy()
-        mac.update(raw[:17])
-        if not hmac.compare_digest(mac.digest()[:COOKIE_TAG_BYTES], raw[17:]):
+        mac = self._keys_of(tenant, version).cookie_mac.copy()
+        mac.update(raw[:head])
+        if not hmac.compare_digest(mac.digest()[:_COOKIE_RAW_BYTES - head], raw[head:]):
             return None
-        return uuid.UUID(bytes=raw[1:17]), raw[0] & COOKIE_STATE_MAX
+        state = raw[0] & COOKIE_STATE_MAX
+        return uuid.UUID(bytes=raw[head - 16:head]), state | COOKIE_STALE if version in self._renewed else state
 
     # --- IP addresses -----------------------------------------------------------------------------
 
     def hash_ip(self, tenant: str, ip: str) -> bytes:
-        """HMAC-SHA256 (32 bytes) of the canonical form of an IP address.
+        """HMAC-SHA256 (32 bytes) of the canonical form of an IP address under the current key; after version 1
+        the version byte first (33 bytes).
 
         IPv4-mapped IPv6 addresses hash like the IPv4 address they carry. Raises CryptoError when `ip` is
         not an address (the message does not repeat it).
@@ -372,15 +469,36 @@ class KeyRing:
         return self._hash_ip(tenant, ip)
 
     def _hash_ip(self, tenant: str, ip: str) -> bytes:
+        digest = self._ip_digest(self._keys(tenant), ip)
+        return digest if self._current_version == 1 else bytes((self._current_version,)) + digest
+
+    @staticmethod
+    def _ip_digest(keys: _TenantKeys, ip: str) -> bytes:
         try:
             addr = ipaddress.ip_address(ip.strip())
         except ValueError:
             raise CryptoError("not an IP address") from None
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        mac = self._keys(tenant).ip_mac.copy()
+        mac = keys.ip_mac.copy()
         mac.update(str(addr).encode("ascii"))
         return mac.digest()
+
+    def rekey_ip_hash(self, tenant: str, ip_hash: bytes, ip: str | None) -> bytes | None:
+        """An IP hash under the current key version: the same value when it already is, relabelled when its
+        version shares the current master secret, else the hash of `ip` (the address decrypted from beside it);
+        None when there is no address to hash again (the old key goes, and the hash is worth nothing without it).
+        """
+        version = ip_hash_version(ip_hash)
+        current = self._current_version
+        if version == current:
+            return bytes(ip_hash)
+        if not 1 <= version <= current:
+            raise CryptoError(f"unknown key version {version}")
+        if version not in self._renewed:
+            digest = bytes(ip_hash[-32:])
+            return digest if current == 1 else bytes((current,)) + digest
+        return self._hash_ip(tenant, ip) if ip is not None else None
 
     # --- field encryption -------------------------------------------------------------------------
 
@@ -441,7 +559,19 @@ class KeyRing:
 
         `kind` is ``email`` or ``phone``; normalise first (tracking.identity), this function does not.
         """
-        keys = self._keys(tenant)
+        return self._blind(self._keys(tenant), kind, normalised_value)
+
+    def blind_indexes(self, tenant: str, kind: str, normalised_value: str) -> tuple[bytes, ...]:
+        """The value's blind index under every key version that can be read, the current one first: what a
+        lookup compares with while rows written before a rotation are not yet re-keyed."""
+        current = self._blind(self._keys(tenant), kind, normalised_value)
+        if not self._renewed:
+            return (current,)
+        return (current, *(self._blind(self._keys_of(tenant, v), kind, normalised_value)
+                           for v in sorted(self._renewed, reverse=True)))
+
+    @staticmethod
+    def _blind(keys: _TenantKeys, kind: str, normalised_value: str) -> bytes:
         base = keys.blind_macs.get(kind)
         if base is None:
             raise CryptoError(f"unknown blind index kind; expected one of {sorted(BLIND_INDEX_KINDS)}")

@@ -61,10 +61,17 @@ def data_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
 
 
 def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
-    """The key ring from HALO_SECRET_KEY. Unset: `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
+    """The key ring from HALO_SECRET_KEY (version HALO_KEY_VERSION) and HALO_PREVIOUS_SECRET_KEYS. Unset:
+    `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
     from pathlib import Path
 
-    from .crypto import CryptoError, KeyRing, generate_master_secret, parse_master_secret
+    from .crypto import (
+        CryptoError,
+        KeyRing,
+        generate_master_secret,
+        parse_master_secret,
+        parse_previous_secrets,
+    )
 
     text = os.environ.get("HALO_SECRET_KEY")
     if not text and generate:
@@ -86,9 +93,15 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
     except ValueError:
         raise StartupError(f"HALO_KEY_VERSION must be a whole number from 1 to 255, not {version_text!r}") from None
     try:
-        return KeyRing(parse_master_secret(text), current_version=version)
+        master = parse_master_secret(text)
+        ring = KeyRing(master, current_version=version)
     except CryptoError as err:
         raise StartupError(f"HALO_SECRET_KEY or HALO_KEY_VERSION is invalid: {err}") from err
+    try:
+        previous = parse_previous_secrets(os.environ.get("HALO_PREVIOUS_SECRET_KEYS", ""), version)
+    except CryptoError as err:
+        raise StartupError(f"HALO_PREVIOUS_SECRET_KEYS is invalid: {err}") from err
+    return KeyRing(master, current_version=version, previous=previous) if previous else ring
 
 
 def open_database():  # type: ignore[no-untyped-def]
@@ -139,13 +152,19 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
 
     from .app import METRICS, STOPPING, WORKER, create_metrics_app, reload_config
     from .edge.connections import ListenerRunner, self_check
+    from .services.rotation import UnreadableKeyVersion
 
     self_check()
     metrics = app[METRICS]
     stop_cfg = settings.server.stop
     runner = ListenerRunner(app, client=settings.server.client, metrics=metrics, access_log=None,
                             handle_signals=False, shutdown_timeout=request_drain_s(stop_cfg))
-    await runner.setup()
+    try:
+        await runner.setup()
+    except UnreadableKeyVersion as err:
+        print(f"halo-proxy: {err}", file=sys.stderr)
+        await runner.cleanup()
+        return 2
     runners = [runner]
     try:
         site = (web.SockSite(runner, sock) if sock is not None

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from halo_proxy.crypto import (
     BLIND_INDEX_BYTES,
+    COOKIE_STALE,
     RANDOM,
     CryptoError,
     KeyRing,
@@ -26,8 +27,10 @@ from halo_proxy.crypto import (
     blob_version,
     derive_key,
     generate_master_secret,
+    ip_hash_version,
     new_session_id,
     parse_master_secret,
+    parse_previous_secrets,
     random_below,
     sign_shopify,
     sign_webhook,
@@ -730,3 +733,103 @@ def test_a_forked_child_never_reuses_the_parents_random_bytes():
     os.waitpid(pid, 0)
     assert len(child) == 32
     assert child != RANDOM.take(32)
+
+
+# --- key versions and rotation ------------------------------------------------------------------------
+
+OTHER_MASTER = bytes(range(100, 132))
+SID = uuid.UUID("0b6c7d0e-3f3a-4c55-9a1e-5f0b2c8d9e01")
+
+
+def test_a_cookie_under_a_later_version_names_its_version_and_keeps_its_length():
+    ring = KeyRing(OTHER_MASTER, 3, previous={1: MASTER})
+    value = ring.seal_session("acme", SID, state=5)
+    assert COOKIE_RE.fullmatch(value)
+    raw = base64.urlsafe_b64decode(value)
+    head = bytes((0x25, 3)) + SID.bytes
+    assert raw == head + hmac256(derive_key(OTHER_MASTER, "acme", "cookie"), head)[:15]
+    assert ring.open_session_state("acme", value) == (SID, 5)
+    assert KeyRing(OTHER_MASTER, 2).open_session("acme", value) is None  # a version the ring does not know
+
+
+def test_a_cookie_sealed_under_a_rotated_secret_opens_marked_stale_until_resealed():
+    old = KeyRing(MASTER)
+    value = old.seal_session("acme", SID, state=3)
+    ring = KeyRing(OTHER_MASTER, 2, previous={1: MASTER})
+    assert ring.open_session_state("acme", value) == (SID, 3 | COOKIE_STALE)
+    assert ring.open_session("acme", value) == SID
+    resealed = ring.seal_session("acme", SID, 3)
+    assert ring.open_session_state("acme", resealed) == (SID, 3)
+    # without the old secret the old cookie is just not ours; the new one still opens
+    assert KeyRing(OTHER_MASTER, 2).open_session("acme", value) is None
+    assert KeyRing(OTHER_MASTER, 2).open_session_state("acme", resealed) == (SID, 3)
+    # a version that shares the current secret is not stale: nothing to renew
+    assert KeyRing(MASTER, 2).open_session_state("acme", value) == (SID, 3)
+
+
+def test_a_versioned_cookie_with_a_forged_version_or_tag_is_refused():
+    ring = KeyRing(OTHER_MASTER, 2, previous={1: MASTER})
+    raw = bytearray(base64.urlsafe_b64decode(ring.seal_session("acme", SID)))
+    for i in (1, 5, 32):
+        forged = bytearray(raw)
+        forged[i] ^= 1
+        assert ring.open_session("acme", base64.urlsafe_b64encode(bytes(forged)).decode()) is None
+    for version in (0, 1, 3, 255):  # format 2 names versions from 2 up to the current one
+        forged = bytearray(raw)
+        forged[1] = version
+        assert ring.open_session("acme", base64.urlsafe_b64encode(bytes(forged)).decode()) is None
+
+
+def test_old_ciphertexts_decrypt_under_their_own_secret_and_reencrypt_under_the_new():
+    old = KeyRing(MASTER)
+    blob = old.encrypt("acme", "identities", "enc", "a@b.cz")
+    ring = KeyRing(OTHER_MASTER, 2, previous={1: MASTER})
+    assert ring.decrypt("acme", "identities", "enc", blob) == "a@b.cz"
+    new = ring.reencrypt("acme", "identities", "enc", blob)
+    assert blob_version(new) == 2 and KeyRing(OTHER_MASTER, 2).decrypt("acme", "identities", "enc", new) == "a@b.cz"
+    with pytest.raises(CryptoError):
+        KeyRing(OTHER_MASTER, 2).decrypt("acme", "identities", "enc", blob)
+
+
+def test_blind_indexes_cover_every_readable_version_current_first():
+    ring = KeyRing(OTHER_MASTER, 3, previous={1: MASTER})
+    current = ring.blind_index("acme", "email", "a@b.cz")
+    assert current == KeyRing(OTHER_MASTER).blind_index("acme", "email", "a@b.cz")
+    # version 2 shares the current secret, version 1 has its own
+    assert ring.blind_indexes("acme", "email", "a@b.cz") == (current, KeyRing(MASTER).blind_index("acme", "email",
+                                                                                                   "a@b.cz"))
+    assert KeyRing(MASTER, 2).blind_indexes("acme", "email", "a@b.cz") == (KeyRing(MASTER).blind_index(
+        "acme", "email", "a@b.cz"),)
+
+
+def test_ip_hashes_name_their_version_after_the_first():
+    v1 = KeyRing(MASTER).hash_ip("acme", "203.0.113.9")
+    assert len(v1) == 32 and ip_hash_version(v1) == 1
+    ring = KeyRing(OTHER_MASTER, 2, previous={1: MASTER})
+    v2 = ring.hash_ip("acme", "203.0.113.9")
+    assert v2 == b"\x02" + hmac256(derive_key(OTHER_MASTER, "acme", "ip"), b"203.0.113.9")
+    assert ip_hash_version(v2) == 2
+    assert ring.rekey_ip_hash("acme", v1, "203.0.113.9") == v2
+    assert ring.rekey_ip_hash("acme", v1, None) is None  # nothing to hash again
+    assert ring.rekey_ip_hash("acme", v2, None) == v2
+    assert KeyRing(MASTER, 2).rekey_ip_hash("acme", v1, None) == b"\x02" + v1  # same secret: relabelled
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1", "entry 1 is not <version>:<secret>"),
+    ("x:" + "ab" * 32, "entry 1 is not"),
+    ("3:" + "ab" * 32, "entry 1 names key version 3; previous versions run from 1 to 2"),
+    ("0:" + "ab" * 32, "names key version 0"),
+    ("1:" + "ab" * 32 + ",1:" + "cd" * 32, "entry 2 repeats key version 1"),
+    ("1:abc", "entry 1 (key version 1): master secret"),
+])
+def test_previous_secrets_are_checked_and_never_repeated(text, message):
+    with pytest.raises(CryptoError, match=re.escape(message)) as err:
+        parse_previous_secrets(text, 3)
+    assert "ab" * 32 not in str(err.value)
+
+
+def test_previous_secrets_parse():
+    assert parse_previous_secrets("", 2) == {}
+    assert parse_previous_secrets(" 1:" + "ab" * 32 + " , 2:" + "cd" * 32 + ",", 3) == {
+        1: bytes.fromhex("ab" * 32), 2: bytes.fromhex("cd" * 32)}

@@ -136,7 +136,8 @@ class Conversions:
         for kind, value in (("email", conversion.email), ("phone", conversion.phone)):
             if value is None:
                 continue
-            bidx = self.keys.blind_index(tenant.id, kind, value)
+            # under every key version still readable: links written before a rotation are found too
+            bidx = self.keys.blind_indexes(tenant.id, kind, value)
             linked = await identity_store.sessions_for(conn, tenant.id, kind, bidx, at)
             chosen = choose_session([(item.session_id, item.last_touch_at) for item in linked])
             if chosen is not None:

@@ -45,17 +45,18 @@ class Privacy:
         self.writer = writer
         self.clock = clock
 
-    def subject(self, tenant: Tenant, email: str | None, phone: str | None) -> dict[str, bytes]:
-        """The blind index of each identifier given (already normalised)."""
+    def subject(self, tenant: Tenant, email: str | None, phone: str | None) -> dict[str, tuple[bytes, ...]]:
+        """The blind indexes of each identifier given (already normalised), under every readable key version,
+        the current one first: rows not yet re-keyed after a rotation belong to the person too."""
         found = {}
         if email is not None:
-            found["email"] = self.keys.blind_index(tenant.id, "email", email)
+            found["email"] = self.keys.blind_indexes(tenant.id, "email", email)
         if phone is not None:
-            found["phone"] = self.keys.blind_index(tenant.id, "phone", phone)
+            found["phone"] = self.keys.blind_indexes(tenant.id, "phone", phone)
         return found
 
     async def _own_sessions(self, conn: asyncpg.Connection, tenant: Tenant,
-                            subject: dict[str, bytes]) -> set[uuid.UUID]:
+                            subject: dict[str, tuple[bytes, ...]]) -> set[uuid.UUID]:
         """The sessions linked to the subject's identifiers and to no one else's. A session another email (or
         phone) was linked to too, a shared device or someone identifying as another person, is not theirs alone:
         it is neither exported to them nor deleted for them; only their own links to it go (`erase`)."""
@@ -66,10 +67,10 @@ class Privacy:
         # an identifier of another kind (the phone next to their email) is taken as theirs.
         shared = {link.session_id for link in await identity_store.identities_of_sessions(conn, tenant.id,
                                                                                           sorted(linked))
-                  if link.kind in subject and bytes(link.bidx) != subject[link.kind]}
+                  if link.kind in subject and bytes(link.bidx) not in subject[link.kind]}
         return linked - shared
 
-    async def _own_conversions(self, conn: asyncpg.Connection, tenant: Tenant, subject: dict[str, bytes],
+    async def _own_conversions(self, conn: asyncpg.Connection, tenant: Tenant, subject: dict[str, tuple[bytes, ...]],
                                session_ids: set[uuid.UUID]) -> list[Any]:
         """The subject's leads and orders: those carrying their email or phone, and those matched to one of their
         own sessions that carry no other email (or phone, when the subject gives one). A conversion carrying
@@ -80,8 +81,8 @@ class Privacy:
         email, phone = subject.get("email"), subject.get("phone")
 
         def theirs(c: Any) -> bool:
-            if (email is not None and c.email_bidx is not None and bytes(c.email_bidx) == email) or (
-                    phone is not None and c.phone_bidx is not None and bytes(c.phone_bidx) == phone):
+            if (email is not None and c.email_bidx is not None and bytes(c.email_bidx) in email) or (
+                    phone is not None and c.phone_bidx is not None and bytes(c.phone_bidx) in phone):
                 return True
             if c.session_id not in session_ids:
                 return False
@@ -108,7 +109,7 @@ class Privacy:
             counts = {"sessions_deleted": sessions, "touches_deleted": touches, "events_deleted": events,
                       "leads_anonymized": anonymized.get("lead", 0), "orders_anonymized": anonymized.get("order", 0),
                       "forwards_cancelled": cancelled}
-            await audit_store.record(conn, tenant.id, "delete", "+".join(subject), b"".join(subject.values()),
+            await audit_store.record(conn, tenant.id, "delete", "+".join(subject), _audit_hash(subject),
                                      key_name, counts, now)
         return counts
 
@@ -155,12 +156,17 @@ class Privacy:
                 _conversion(c, lambda column, blob: dec(tid, "conversions", column, blob)))
         counts = {name: len(export[name]) for name in ("sessions", "touches", "consent", "events", "leads", "orders",
                                                        "forwards")}
-        await audit_store.record(self.pool, tid, "export", "+".join(subject), b"".join(subject.values()), key_name,
+        await audit_store.record(self.pool, tid, "export", "+".join(subject), _audit_hash(subject), key_name,
                                  counts, self.clock())
         return export
 
 
 Decrypt = Callable[[str, bytes], str]
+
+
+def _audit_hash(subject: dict[str, tuple[bytes, ...]]) -> bytes:
+    """The audit entry's keyed hash of the person: their blind indexes under the current key version."""
+    return b"".join(indexes[0] for indexes in subject.values())
 
 
 def _when(value: datetime | None) -> str | None:

@@ -1,9 +1,9 @@
-"""Conversions (leads and orders), written with their outbox rows in one statement, and key rotation of the
-stored PII.
+"""Conversions (leads and orders), written with their outbox rows in one statement.
 
 Storage never sees plain PII: the caller hands over ciphertexts (`*_enc`, blobs whose first byte is their key
 version, see `halo_proxy.crypto`) and blind indexes (`*_bidx`). Encrypted columns are bound by the caller to
-their SQL table and column names (e.g. ``("conversions", "email_enc")``), the names `rewrap_pii` passes back.
+their SQL table and column names (e.g. ``("conversions", "email_enc")``), the names key rotation passes back
+(storage/rotation.py).
 
 Idempotency: (tenant, kind, external_id) is unique. `insert_conversion` inserts with `ON CONFLICT DO NOTHING`
 and, when another delivery of the same id won, returns the winner's row: any number of concurrent deliveries
@@ -14,7 +14,7 @@ Plain functions taking a pool (or a connection, to join its transaction) and ret
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,30 +28,22 @@ from halo_proxy.tracking.models import CONVERSION_KINDS, MATCH_TYPES, Attributio
 
 from .db import translate_errors
 from .errors import StorageError
+from .identities import Bidx, bidx_list
 from .outbox import ForwardWrite
 
 __all__ = [
-    "PII_COLUMNS",
     "ConversionRecord",
     "ConversionWrite",
-    "Rewrap",
     "anonymize_conversions",
     "find_by_external_id",
     "find_for_person",
     "get_conversion",
     "insert_conversion",
     "list_conversions",
-    "rewrap_pii",
 ]
 
 Executor = asyncpg.Pool | asyncpg.Connection
 
-# Encrypted columns per table, as `rewrap_pii` re-encrypts them (and as the caller names them when encrypting).
-PII_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sessions": ("ip_enc", "user_agent_enc"),
-    "identities": ("enc",),
-    "conversions": ("email_enc", "phone_enc", "name_enc", "message_enc", "fields_enc"),
-}
 
 
 # -- models -----------------------------------------------------------------------------------------------------
@@ -303,7 +295,8 @@ async def list_conversions(
 # Each condition has its own partial index; NULL parameters match nothing.
 _FIND_FOR_PERSON = f"""
 SELECT {_COLUMNS} FROM conversions
-WHERE tenant_id = $1 AND (email_bidx = $2 OR phone_bidx = $3 OR session_id = ANY($4::uuid[]))
+WHERE tenant_id = $1 AND (email_bidx = ANY($2::bytea[]) OR phone_bidx = ANY($3::bytea[])
+                        OR session_id = ANY($4::uuid[]))
 ORDER BY created_at, id
 """
 
@@ -312,158 +305,15 @@ async def find_for_person(
     db: Executor,
     tenant_id: str,
     *,
-    email_bidx: bytes | None = None,
-    phone_bidx: bytes | None = None,
+    email_bidx: Bidx | None = None,
+    phone_bidx: Bidx | None = None,
     session_ids: Sequence[UUID] = (),
 ) -> list[ConversionRecord]:
-    """Conversions carrying the email or the phone, or matched to one of the sessions (export, erasure),
-    oldest first."""
-    if email_bidx is None and phone_bidx is None and not session_ids:
+    """Conversions carrying the email or the phone (its blind index under one or several key versions), or
+    matched to one of the sessions (export, erasure), oldest first."""
+    emails, phones = bidx_list(email_bidx), bidx_list(phone_bidx)
+    if not emails and not phones and not session_ids:
         return []
     with translate_errors():
-        rows = await db.fetch(_FIND_FOR_PERSON, tenant_id, email_bidx, phone_bidx, list(session_ids))
+        rows = await db.fetch(_FIND_FOR_PERSON, tenant_id, emails, phones, list(session_ids))
     return [_record(r) for r in rows]
-
-
-# -- key rotation -------------------------------------------------------------------------------------------------
-
-# fn(table, column, blob) -> the blob re-encrypted under the current key version.
-Rewrap = Callable[[str, str, bytes], bytes]
-
-# Sessions: a keyset walk over the primary key of one tenant (no extra index on the hot table).
-_SESSIONS_BATCH = """
-SELECT id, ip_enc, user_agent_enc FROM sessions
-WHERE tenant_id = $1 AND id > $2
-  AND (get_byte(ip_enc, 0) < $3 OR get_byte(user_agent_enc, 0) < $3)
-ORDER BY id
-LIMIT $4
-FOR NO KEY UPDATE
-"""
-_SESSIONS_UPDATE = """
-UPDATE sessions s SET ip_enc = u.ip_enc, user_agent_enc = u.user_agent_enc
-FROM unnest($2::uuid[], $3::bytea[], $4::bytea[]) AS u(id, ip_enc, user_agent_enc)
-WHERE s.tenant_id = $1 AND s.id = u.id
-"""
-# Identities and conversions: their stored key version column is indexed, and a rewritten row leaves the
-# range, so each batch takes the oldest rows left.
-_IDENTITIES_BATCH = """
-SELECT kind, bidx, session_id, enc FROM identities
-WHERE tenant_id = $1 AND key_version < $2
-ORDER BY key_version
-LIMIT $3
-FOR NO KEY UPDATE
-"""
-_IDENTITIES_UPDATE = """
-UPDATE identities i SET enc = u.enc
-FROM unnest($2::text[], $3::bytea[], $4::uuid[], $5::bytea[]) AS u(kind, bidx, session_id, enc)
-WHERE i.tenant_id = $1 AND i.kind = u.kind AND i.bidx = u.bidx AND i.session_id = u.session_id
-"""
-_CONVERSIONS_BATCH = """
-SELECT id, email_enc, phone_enc, name_enc, message_enc, fields_enc FROM conversions
-WHERE tenant_id = $1 AND pii_key_version < $2
-ORDER BY pii_key_version
-LIMIT $3
-FOR NO KEY UPDATE
-"""
-_CONVERSIONS_UPDATE = """
-UPDATE conversions c SET email_enc = u.email_enc, phone_enc = u.phone_enc, name_enc = u.name_enc,
-                         message_enc = u.message_enc, fields_enc = u.fields_enc
-FROM unnest($2::uuid[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::bytea[])
-    AS u(id, email_enc, phone_enc, name_enc, message_enc, fields_enc)
-WHERE c.tenant_id = $1 AND c.id = u.id
-"""
-
-
-def _rewrapped(fn: Rewrap, table: str, column: str, blob: bytes | None, version: int) -> bytes | None:
-    if blob is None or len(blob) == 0 or blob[0] >= version:
-        return blob
-    new = fn(table, column, bytes(blob))
-    if not new or new[0] != version:
-        raise ValueError(f"re-encrypting {table}.{column} did not give a key version {version} value")
-    return new
-
-
-async def _rewrap_sessions(
-    conn: asyncpg.Connection, tenant_id: str, version: int, fn: Rewrap, batch: int
-) -> int:
-    done = 0
-    cursor = UUID(int=0)
-    while True:
-        async with conn.transaction():
-            rows = await conn.fetch(_SESSIONS_BATCH, tenant_id, cursor, version, batch)
-            if not rows:
-                return done
-            new = [
-                [_rewrapped(fn, "sessions", col, r[col], version) for r in rows]
-                for col in PII_COLUMNS["sessions"]
-            ]
-            await conn.execute(_SESSIONS_UPDATE, tenant_id, [r["id"] for r in rows], *new)
-        done += len(rows)
-        cursor = rows[-1]["id"]
-
-
-async def _rewrap_identities(
-    conn: asyncpg.Connection, tenant_id: str, version: int, fn: Rewrap, batch: int
-) -> int:
-    done = 0
-    while True:
-        async with conn.transaction():
-            rows = await conn.fetch(_IDENTITIES_BATCH, tenant_id, version, batch)
-            if not rows:
-                return done
-            await conn.execute(
-                _IDENTITIES_UPDATE,
-                tenant_id,
-                [r["kind"] for r in rows],
-                [r["bidx"] for r in rows],
-                [r["session_id"] for r in rows],
-                [_rewrapped(fn, "identities", "enc", r["enc"], version) for r in rows],
-            )
-        done += len(rows)
-
-
-async def _rewrap_conversions(
-    conn: asyncpg.Connection, tenant_id: str, version: int, fn: Rewrap, batch: int
-) -> int:
-    done = 0
-    while True:
-        async with conn.transaction():
-            rows = await conn.fetch(_CONVERSIONS_BATCH, tenant_id, version, batch)
-            if not rows:
-                return done
-            new = [
-                [_rewrapped(fn, "conversions", col, r[col], version) for r in rows]
-                for col in PII_COLUMNS["conversions"]
-            ]
-            await conn.execute(_CONVERSIONS_UPDATE, tenant_id, [r["id"] for r in rows], *new)
-        done += len(rows)
-
-
-async def rewrap_pii(
-    db: Executor, tenant_id: str, current_version: int, fn: Rewrap, *, batch: int = 500
-) -> dict[str, int]:
-    """`halo-proxy rotate-keys` for one tenant: every ciphertext of sessions (ip_enc, user_agent_enc),
-    identities (enc) and conversions (email, phone, name, message, fields) written under a key version older
-    than `current_version` is passed to `fn(table, column, blob)` and replaced by what it returns, which must be
-    under `current_version`. Rows are locked and rewritten in batches of `batch`, each in its own transaction,
-    so a run can be interrupted and started again. Returns the rows rewritten per table.
-
-    With `KeyRing`: ``fn = lambda table, column, blob: ring.reencrypt(tenant_id, table, column, blob)``.
-    """
-    if batch <= 0:
-        raise ValueError("batch must be positive")
-    with translate_errors():
-        if isinstance(db, asyncpg.Pool):
-            async with db.acquire() as conn:
-                return await _rewrap_all(conn, tenant_id, current_version, fn, batch)
-        return await _rewrap_all(db, tenant_id, current_version, fn, batch)
-
-
-async def _rewrap_all(
-    conn: asyncpg.Connection, tenant_id: str, version: int, fn: Rewrap, batch: int
-) -> dict[str, int]:
-    return {
-        "sessions": await _rewrap_sessions(conn, tenant_id, version, fn, batch),
-        "identities": await _rewrap_identities(conn, tenant_id, version, fn, batch),
-        "conversions": await _rewrap_conversions(conn, tenant_id, version, fn, batch),
-    }

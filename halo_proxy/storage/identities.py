@@ -33,6 +33,14 @@ __all__ = [
 ]
 
 Executor = asyncpg.Pool | asyncpg.Connection
+# One blind index, or the same value's index under each key version a lookup must still find (crypto.py).
+Bidx = bytes | Sequence[bytes]
+
+
+def bidx_list(bidx: Bidx | None) -> list[bytes]:
+    if bidx is None:
+        return []
+    return [bytes(bidx)] if isinstance(bidx, bytes | bytearray | memoryview) else [bytes(b) for b in bidx]
 
 IDENTITY_KINDS: tuple[str, ...] = ("email", "phone")
 
@@ -103,20 +111,20 @@ LEFT JOIN LATERAL (
     ORDER BY at DESC
     LIMIT 1
 ) t ON true
-WHERE i.tenant_id = $1 AND i.kind = $2 AND i.bidx = $3
+WHERE i.tenant_id = $1 AND i.kind = $2 AND i.bidx = ANY($3::bytea[])
 ORDER BY t.at DESC NULLS LAST, i.session_id
 """
 
 
 async def sessions_for(
-    db: Executor, tenant_id: str, kind: str, bidx: bytes, before: datetime
+    db: Executor, tenant_id: str, kind: str, bidx: Bidx, before: datetime
 ) -> list[LinkedSession]:
     """Sessions linked to the identifier, each with its latest touch at or before `before`: latest first,
     sessions without such a touch last. The first one with a touch is the one a conversion at `before`
     matches."""
     _check_kind(kind)
     with translate_errors():
-        rows = await db.fetch(_SESSIONS_FOR, tenant_id, kind, bidx, before)
+        rows = await db.fetch(_SESSIONS_FOR, tenant_id, kind, bidx_list(bidx), before)
     return [LinkedSession(r["session_id"], r["last_touch_at"]) for r in rows]
 
 
@@ -127,16 +135,16 @@ def _record(row: asyncpg.Record) -> IdentityRecord:
     return IdentityRecord(**dict(row))
 
 
-async def find_identities(db: Executor, tenant_id: str, kind: str, bidx: bytes) -> list[IdentityRecord]:
+async def find_identities(db: Executor, tenant_id: str, kind: str, bidx: Bidx) -> list[IdentityRecord]:
     """Every link of one identifier, oldest first."""
     _check_kind(kind)
     with translate_errors():
         rows = await db.fetch(
-            f"""SELECT {_COLUMNS} FROM identities WHERE tenant_id = $1 AND kind = $2 AND bidx = $3
+            f"""SELECT {_COLUMNS} FROM identities WHERE tenant_id = $1 AND kind = $2 AND bidx = ANY($3::bytea[])
                 ORDER BY created_at, session_id""",
             tenant_id,
             kind,
-            bidx,
+            bidx_list(bidx),
         )
     return [_record(r) for r in rows]
 
@@ -166,12 +174,13 @@ async def unlink_session(db: Executor, tenant_id: str, session_id: UUID) -> int:
     return int(status.split()[-1])
 
 
-async def delete_identities(db: Executor, tenant_id: str, kind: str, bidx: bytes) -> int:
+async def delete_identities(db: Executor, tenant_id: str, kind: str, bidx: Bidx) -> int:
     """Remove every link of one identifier (erasure); return how many were removed. Deleting the person's
     sessions removes their links too (by cascade)."""
     _check_kind(kind)
     with translate_errors():
         status = await db.execute(
-            "DELETE FROM identities WHERE tenant_id = $1 AND kind = $2 AND bidx = $3", tenant_id, kind, bidx
+            "DELETE FROM identities WHERE tenant_id = $1 AND kind = $2 AND bidx = ANY($3::bytea[])", tenant_id, kind,
+            bidx_list(bidx),
         )
     return int(status.split()[-1])

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from halo_proxy.tracking.consent import SOURCE_HALOTRACK, own_consent_value
 from halo_proxy.tracking.models import Consent
-from halo_proxy.tracking.visit import consent_bits
+from halo_proxy.tracking.visit import STALE_KEY, consent_bits
 
 # Closed set, usable as a metric label (halo_consent_changes_total{change}).
 GRANTED = "granted"
@@ -66,7 +66,7 @@ def decide_consent_change(analytics: bool, marketing: bool, gpc: bool, opened: t
     session_id, old_state = opened
     state = consent_bits(consent)
     expire = tuple(name for name in META_COOKIES if name in cookies) if not consent.marketing else ()
-    if state == old_state:
+    if state == old_state & ~STALE_KEY:  # the same consent (the cookie may be re-sealed by the next page view)
         return ConsentChange(consent, UNCHANGED, own, expire=expire)
     change = UPDATED if old_state & 1 else GRANTED
     if old_state & _MARKETING and not consent.marketing:

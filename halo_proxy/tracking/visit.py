@@ -112,6 +112,9 @@ FBC_MAX_AGE = 90 * 24 * 3600
 FBP_MAX_AGE = 90 * 24 * 3600
 ANON_PATH_MAX = 200
 REPEAT_SECONDS = 30 * 60
+# Set in the opened state of a `_halo` cookie sealed under a key version since rotated (crypto.COOKIE_STALE):
+# the visit seals the same session again under the current key.
+STALE_KEY = 0x10
 DIRECT = "Direct"
 
 # `fb.<subdomain index>.<creation ms>.<random or fbclid>`, as Meta's pixel writes _fbp and _fbc.
@@ -246,6 +249,9 @@ def judge_visit(facts: VisitFacts, consent: Consent, opened: tuple[UUID, int] | 
             consent.marketing and "_fbp" not in cookies) else ()
         if old_state == state:
             return VisitDecision(consent=consent, channel=DIRECT, session_id=session_id, cookies=fbp)
+        if old_state == state | STALE_KEY:  # sealed under a key since rotated: the same cookie, new key
+            return VisitDecision(consent=consent, channel=DIRECT, session_id=session_id, seal_state=state,
+                                 cookies=fbp)
         return VisitDecision(consent=consent, channel=DIRECT, session_id=session_id, seal_state=state, cookies=fbp,
                              write=ConsentUpdate(site.tenant_id, session_id, consent, now))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,10 +14,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from halo_proxy.crypto import KeyRing, blob_version
-from halo_proxy.storage import conversions, identities, outbox, sessions
-from halo_proxy.storage.conversions import PII_COLUMNS, ConversionWrite
-from halo_proxy.storage.db import create_pool, init_connection
+from halo_proxy.storage import conversions, outbox, sessions
+from halo_proxy.storage.conversions import ConversionWrite
+from halo_proxy.storage.db import init_connection
 from halo_proxy.storage.errors import StorageError
 from halo_proxy.storage.outbox import ForwardWrite
 from halo_proxy.storage.sessions import SessionWrite
@@ -284,9 +282,6 @@ async def test_deleting_the_session_keeps_the_conversion(db_pool: asyncpg.Pool, 
     assert kept is not None and kept.session_id == sid
 
 
-# -- key rotation -------------------------------------------------------------------------------------------------
-
-
 def _visit(tenant: str, sid: UUID, ip_enc: bytes | None, ua_enc: bytes | None) -> SessionWrite:
     return SessionWrite(
         tenant_id=tenant,
@@ -301,143 +296,6 @@ def _visit(tenant: str, sid: UUID, ip_enc: bytes | None, ua_enc: bytes | None) -
     )
 
 
-@pytest.fixture
-async def pool8(database: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database.dsn, min_size=1, max_size=8)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-async def _seed_pii(db: asyncpg.Pool, tenant: str, ring: KeyRing, n: int) -> list[UUID]:
-    """n sessions with an IP and a user agent, each linked to an email, and n leads: all under `ring`."""
-    def encrypt(table: str, column: str, text: str) -> bytes:
-        return ring.encrypt(tenant, table, column, text)
-
-    sids = [uuid4() for _ in range(n)]
-    await sessions.write_visits(
-        db,
-        [
-            _visit(tenant, sid, encrypt("sessions", "ip_enc", f"10.0.0.{i}"), encrypt("sessions", "user_agent_enc", "UA"))
-            for i, sid in enumerate(sids)
-        ],
-    )
-    for i, sid in enumerate(sids):
-        bidx = ring.blind_index(tenant, "email", f"p{i}@example.com")
-        await identities.link_identity(
-            db, tenant, sid, "email", bidx, encrypt("identities", "enc", f"p{i}@example.com"), DAY1
-        )
-        await conversions.insert_conversion(
-            db,
-            lead(
-                tenant,
-                external_id=f"e{i}",
-                email_enc=encrypt("conversions", "email_enc", f"p{i}@example.com"),
-                email_bidx=bidx,
-                phone_enc=None if i % 2 else encrypt("conversions", "phone_enc", "+420601000000"),
-                name_enc=encrypt("conversions", "name_enc", "Jan"),
-                message_enc=encrypt("conversions", "message_enc", "Call me"),
-                fields_enc=encrypt("conversions", "fields_enc", '{"budget": "high"}'),
-            ),
-        )
-    return sids
-
-
-async def _versions(db: asyncpg.Pool, tenant: str) -> set[int]:
-    """Every key version found in the tenant's ciphertexts."""
-    blobs: list[bytes | None] = []
-    for row in await db.fetch("SELECT ip_enc, user_agent_enc FROM sessions WHERE tenant_id = $1", tenant):
-        blobs.extend(row)
-    blobs.extend(await _column(db, "SELECT enc FROM identities WHERE tenant_id = $1", tenant))
-    for row in await db.fetch(
-        "SELECT email_enc, phone_enc, name_enc, message_enc, fields_enc FROM conversions WHERE tenant_id = $1",
-        tenant,
-    ):
-        blobs.extend(row)
-    return {blob_version(b) for b in blobs if b is not None}
-
-
-async def _column(db: asyncpg.Pool, sql: str, *args: object) -> list[bytes]:
-    return [r[0] for r in await db.fetch(sql, *args)]
-
-
-async def test_rewrap_moves_every_ciphertext_to_the_new_key(pool8: asyncpg.Pool, tenant: str) -> None:
-    old, new = KeyRing(MASTER, 1), KeyRing(MASTER, 2)
-    sids = await _seed_pii(pool8, tenant, old, 5)
-    other = f"{tenant}_other"
-    await _seed_pii(pool8, other, old, 1)
-    assert await _versions(pool8, tenant) == {1}
-
-    calls: list[tuple[str, str]] = []
-
-    def fn(table: str, column: str, blob: bytes) -> bytes:
-        calls.append((table, column))
-        return new.reencrypt(tenant, table, column, blob)
-
-    done = await conversions.rewrap_pii(pool8, tenant, new.current_version, fn, batch=2)
-    assert done == {"sessions": 5, "identities": 5, "conversions": 5}
-    assert await _versions(pool8, tenant) == {2}
-    assert await _versions(pool8, other) == {1}  # another tenant is not touched
-    assert {table for table, _ in calls} == set(PII_COLUMNS)
-    assert {column for _, column in calls} == {c for cols in PII_COLUMNS.values() for c in cols}
-    assert len(calls) == 5 * 2 + 5 + 5 * 4 + 3  # phones on every other lead
-
-    # everything still decrypts, under the names it was bound to
-    session = await sessions.get_session(pool8, tenant, sids[3])
-    assert session is not None and session.ip_enc is not None
-    assert new.decrypt(tenant, "sessions", "ip_enc", session.ip_enc) == "10.0.0.3"
-    record = await conversions.find_by_external_id(pool8, tenant, "lead", "e0")
-    assert record is not None and record.phone_enc is not None and record.fields_enc is not None
-    assert new.decrypt(tenant, "conversions", "phone_enc", record.phone_enc) == "+420601000000"
-    assert new.decrypt(tenant, "conversions", "fields_enc", record.fields_enc) == '{"budget": "high"}'
-    [link] = await identities.identities_of_sessions(pool8, tenant, [sids[0]])
-    assert link.key_version == 2
-    assert new.decrypt(tenant, "identities", "enc", link.enc) == "p0@example.com"
-
-    # a second run finds nothing older
-    calls.clear()
-    assert await conversions.rewrap_pii(pool8, tenant, 2, fn) == {"sessions": 0, "identities": 0, "conversions": 0}
-    assert calls == []
-
-
-async def test_rewrap_that_does_not_reach_the_version_changes_nothing(pool8: asyncpg.Pool, tenant: str) -> None:
-    ring = KeyRing(MASTER, 1)
-    await _seed_pii(pool8, tenant, ring, 2)
-    before = await _column(pool8, "SELECT ip_enc FROM sessions WHERE tenant_id = $1 ORDER BY id", tenant)
-    with pytest.raises(ValueError):
-        await conversions.rewrap_pii(pool8, tenant, 2, lambda table, column, blob: blob)
-    assert await _column(pool8, "SELECT ip_enc FROM sessions WHERE tenant_id = $1 ORDER BY id", tenant) == before
-
-
-async def test_rewrap_loses_no_concurrent_write(pool8: asyncpg.Pool, tenant: str) -> None:
-    """Visits written while the rotation runs keep their own (current) values."""
-    old, new = KeyRing(MASTER, 1), KeyRing(MASTER, 2)
-    sids = await _seed_pii(pool8, tenant, old, 20)
-
-    async def rotate() -> dict[str, int]:
-        return await conversions.rewrap_pii(
-            pool8, tenant, 2, lambda t, c, b: new.reencrypt(tenant, t, c, b), batch=3
-        )
-
-    async def revisit() -> None:
-        for i, sid in enumerate(sids):
-            write = _visit(
-                tenant,
-                sid,
-                new.encrypt(tenant, "sessions", "ip_enc", f"192.168.0.{i}"),
-                new.encrypt(tenant, "sessions", "user_agent_enc", "UA2"),
-            )
-            await sessions.write_visits(pool8, [replace(write, is_new=False, touch=FACEBOOK)])
-
-    await asyncio.gather(rotate(), revisit())
-    assert await _versions(pool8, tenant) == {2}
-    for i, sid in enumerate(sids):
-        session = await sessions.get_session(pool8, tenant, sid)
-        assert session is not None and session.ip_enc is not None
-        assert new.decrypt(tenant, "sessions", "ip_enc", session.ip_enc) == f"192.168.0.{i}"
-
-
 # -- plans --------------------------------------------------------------------------------------------------------
 
 PLANS = {
@@ -447,9 +305,6 @@ PLANS = {
         conversions._FIND_FOR_PERSON,
         {"conversions_tenant_email_bidx", "conversions_tenant_phone_bidx", "conversions_tenant_session"},
     ),
-    "rewrap_sessions": (conversions._SESSIONS_BATCH, {"sessions_pkey"}),
-    "rewrap_identities": (conversions._IDENTITIES_BATCH, {"identities_tenant_key_version"}),
-    "rewrap_conversions": (conversions._CONVERSIONS_BATCH, {"conversions_tenant_pii_key_version"}),
 }
 
 

@@ -68,6 +68,8 @@ COOKIES = {"_halo": "sealed", "_fbp": "fb.1.1.1", "_fbc": "fb.1.1.x"}
      {"change": "granted", "start": True, "own_value": "v1.11"}),
     ("same as sealed", (True, True, False, (SID, 3), GRANTED, COOKIES),
      {"change": "unchanged", "update": None, "seal_state": None, "expire": ()}),
+    ("same as sealed under a rotated key", (True, True, False, (SID, 3 | 0x10), GRANTED, COOKIES),
+     {"change": "unchanged", "update": None, "seal_state": None}),
     ("marketing withdrawn", (True, False, False, (SID, 3), GRANTED, COOKIES),
      {"change": "updated", "update": SID, "seal_state": 1, "expire": ("_fbp", "_fbc")}),
     ("analytics granted to a marketing-only session", (True, True, False, (SID, 2), GRANTED, {}),

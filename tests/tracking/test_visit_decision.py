@@ -16,6 +16,7 @@ from halo_proxy.tracking.touch import campaign_fingerprint, touch_for_visit
 from halo_proxy.tracking.visit import (
     FB_COOKIE,
     REPEAT_SECONDS,
+    STALE_KEY,
     SetCookie,
     SiteRules,
     VisitFacts,
@@ -97,6 +98,25 @@ def test_the_fast_path_writes_consent_only_when_it_changed():
     assert decision.write == ConsentUpdate("shop", KNOWN, decision.consent, NOW)
     assert decision.seal_state == consent_bits(decision.consent) == 1 | 4  # analytics, GPC: marketing off
     assert decision.cookies == ()  # no _fbp without marketing
+
+
+def test_a_cookie_sealed_under_a_rotated_key_is_sealed_again_and_nothing_written():
+    cookies = {"_halo": "sealed", "_fbp": f"fb.1.{MS}.42"}
+    decision = decide(facts(cookies=cookies), opened=(KNOWN, ALL | STALE_KEY))
+    assert (decision.session_id, decision.seal_state, decision.write) == (KNOWN, ALL, None)
+    # with new consent too: the consent written, sealed once
+    decision = decide(facts(headers={**PAGE, "Sec-GPC": "1"}, cookies=cookies), opened=(KNOWN, ALL | STALE_KEY))
+    assert decision.seal_state == 1 | 4 and decision.write == ConsentUpdate("shop", KNOWN, decision.consent, NOW)
+    # a campaign touch re-seals it as well
+    decision = decide(facts(query="utm_source=news&utm_medium=email", cookies=cookies),
+                      opened=(KNOWN, ALL | STALE_KEY))
+    assert decision.touched and decision.seal_state == ALL
+
+
+def test_the_stale_flag_is_the_one_crypto_sets():
+    from halo_proxy.crypto import COOKIE_STALE, COOKIE_STATE_MAX
+
+    assert STALE_KEY == COOKIE_STALE and not STALE_KEY & COOKIE_STATE_MAX
 
 
 def test_the_fast_path_gives_a_missing_fbp_with_marketing_consent():
