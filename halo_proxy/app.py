@@ -32,14 +32,17 @@ from .routes import browser as browser_routes
 from .routes import conversions as conversion_routes
 from .routes import health
 from .routes import operators as operator_routes
+from .routes import reports as report_routes
 from .routes.browser import BrowserRoutes, Script
 from .routes.common import setup_error_answers, setup_fallback
 from .routes.conversions import RateLimits, Routes
 from .routes.operators import Guard, OperatorRoutes
+from .routes.reports import ReportRoutes
 from .services.browser import BrowserVisits
 from .services.conversions import Conversions
 from .services.events import Events
 from .services.privacy import Privacy
+from .services.reports import Reports
 from .services.retention import Retention
 from .services.rotation import check_readable
 from .services.visits import Clock, VisitTracker, utc_now
@@ -90,6 +93,7 @@ WORKER = web.AppKey("delivery_worker", DeliveryWorker)
 ROUTES = web.AppKey("routes", Routes)
 BROWSER = web.AppKey("browser_routes", BrowserRoutes)
 OPERATORS = web.AppKey("operator_routes", OperatorRoutes)
+REPORTS = web.AppKey("report_routes", ReportRoutes)
 GUARD = web.AppKey("operator_guard", Guard)  # the operator key check and its failure limits, for the process
 
 
@@ -202,7 +206,20 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
                                  app[CLOCK])  # type: ignore[arg-type]
     app[OPERATORS] = OperatorRoutes(Privacy(app[DATABASE].pool, app[KEYS], app[WRITER], app[CLOCK]),
                                     app[GUARD])  # type: ignore[arg-type]
+    app[REPORTS] = ReportRoutes(Reports(app[DATABASE].pool), app[GUARD])
     yield
+
+
+async def credits_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Conversions stored without attribution credits (before migration 0009, or by an older process during a
+    rolling upgrade) credited in the background once the schema is current; a report credits its own period
+    first in any case."""
+    database = app[DATABASE]
+    task = asyncio.create_task(app[REPORTS].reports.credit_backlog(lambda: database.migrated),
+                               name="halo-credit-backlog")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _migrate(database: Database) -> bool:
@@ -294,7 +311,7 @@ def create_app(
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
         app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate), migrations_ctx, write_queue_ctx, delivery_ctx,
-                                services_ctx, retention_ctx])
+                                services_ctx, credits_ctx, retention_ctx])
         app.on_startup.append(_warm_parsers)
 
     # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,
@@ -311,6 +328,7 @@ def create_app(
     conversion_routes.setup(reserved, "", lambda: app.get(ROUTES), current)
     browser_routes.setup(reserved, "", lambda: app.get(BROWSER), current, Script())
     operator_routes.setup(reserved, "", lambda: app.get(OPERATORS), current)
+    report_routes.setup(reserved, "", lambda: app.get(REPORTS), current)
     setup_fallback(reserved)  # after every route of the prefix: 404
     app.add_subapp(prefix, reserved)
 

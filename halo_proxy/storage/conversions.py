@@ -26,6 +26,7 @@ import asyncpg
 from halo_proxy.tracking.attribution import attribution_from_record, attribution_record
 from halo_proxy.tracking.models import CONVERSION_KINDS, MATCH_TYPES, Attribution
 
+from .credits import CREDIT_VERSION, credit_arrays, days_to_convert
 from .db import translate_errors
 from .errors import StorageError
 from .identities import Bidx, bidx_list
@@ -122,16 +123,18 @@ _COLUMNS = (
 )
 
 # One statement, so one round trip and atomic on its own (or part of the caller's transaction): the conversion
-# and, only when it was inserted, its forwards. $1-$23 the conversion, $24-$29 the forwards as parallel arrays.
+# and, only when it was inserted, its forwards and its credits under every attribution model (storage/credits.py).
+# $1-$23 the conversion, $24-$29 the forwards as parallel arrays, $30 the credit rules' version, $31-$37 the
+# credits as parallel arrays, $38 the days to convert they carry.
 _INSERT = f"""
 WITH conversion AS (
     INSERT INTO conversions (
         id, tenant_id, kind, source, external_id, created_at, occurred_at, value, currency,
         email_enc, email_bidx, phone_enc, phone_bidx, name_enc, message_enc, fields_enc,
-        form_type, items, consent_marketing, session_id, match_type, attribution, response
+        form_type, items, consent_marketing, session_id, match_type, attribution, response, credits_version
     ) VALUES (
         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-        $23
+        $23, $30
     )
     ON CONFLICT (tenant_id, kind, external_id) WHERE external_id IS NOT NULL DO NOTHING
     RETURNING {_COLUMNS}
@@ -145,6 +148,17 @@ WITH conversion AS (
     FROM conversion c,
          unnest($24::text[], $25::text[], $26::text[], $27::text[], $28::bytea[], $29::timestamptz[])
              AS f(platform, event_id, status, reason, payload_enc, next_attempt_at)
+    RETURNING 1
+), credited AS (
+    INSERT INTO conversion_credits (
+        tenant_id, conversion_id, created_at, model, kind, source, medium, campaign, channel, conversions, revenue,
+        currency, days_to_convert
+    )
+    SELECT c.tenant_id, c.id, c.created_at, k.model, c.kind, k.source, k.medium, k.campaign, k.channel,
+           k.conversions, k.revenue, c.currency, $38::integer
+    FROM conversion c,
+         unnest($31::text[], $32::text[], $33::text[], $34::text[], $35::text[], $36::numeric[], $37::numeric[])
+             AS k(model, source, medium, campaign, channel, conversions, revenue)
     RETURNING 1
 )
 SELECT {_COLUMNS} FROM conversion
@@ -193,6 +207,9 @@ def _insert_args(write: ConversionWrite, forwards: Sequence[ForwardWrite]) -> tu
         [f.reason for f in forwards],
         [f.payload_enc for f in forwards],
         [f.next_attempt_at for f in forwards],
+        CREDIT_VERSION,
+        *credit_arrays(write.attribution, write.occurred_at or write.created_at, value),
+        days_to_convert(write.attribution),
     )
 
 
@@ -230,7 +247,7 @@ async def anonymize_conversions(
     """Erasure: remove email, phone, name, message and free fields (ciphertexts and blind indexes) from these
     conversions, and the session they were matched to (a visitor coming back with the same cookie must not be
     linked to them again), keeping value, match type and attribution. Returns how many were anonymized per kind (rows anonymized
-    before do not count again)."""
+    before do not count again). Their credits (storage/credits.py) stay as they were: reports do not change."""
     if not ids:
         return {}
     with translate_errors():

@@ -36,6 +36,7 @@ __all__ = [
     "attribution_json",
     "attribution_record",
     "choose_session",
+    "last_touch_of",
 ]
 
 MAX_TOUCHES = 200
@@ -76,7 +77,7 @@ def attribute(
         eligible = [eligible[0], *eligible[-(MAX_TOUCHES - 1) :]]
 
     first = eligible[0]
-    last = next((t for t in reversed(eligible) if is_campaign_touch(t)), eligible[-1])
+    last = last_touch_of(eligible)
     latest: dict[str, str] = {}
     for touch in eligible:
         latest.update(touch.click_ids)
@@ -90,6 +91,14 @@ def attribute(
         click_ids=click_ids,
         touches=tuple(eligible),
     )
+
+
+def last_touch_of(touches: Sequence[Touch]) -> Touch | None:
+    """The last touch of an eligible list (oldest first): the latest that carries campaign data, else the latest;
+    None for no touches. The attribution models' `last_touch` follows the same rule (tracking/credit.py)."""
+    if not touches:
+        return None
+    return next((t for t in reversed(touches) if is_campaign_touch(t)), touches[-1])
 
 
 def _ordered(click_ids: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
