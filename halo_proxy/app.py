@@ -30,16 +30,19 @@ from .forwarders.worker import DeliveryMetrics, DeliveryWorker
 from .metrics import Metrics
 from .routes import browser as browser_routes
 from .routes import conversions as conversion_routes
+from .routes import dashboard as dashboard_routes
 from .routes import health
 from .routes import operators as operator_routes
 from .routes import reports as report_routes
 from .routes.browser import BrowserRoutes, Script
 from .routes.common import setup_error_answers, setup_fallback
 from .routes.conversions import RateLimits, Routes
+from .routes.dashboard import DashboardRoutes
 from .routes.operators import Guard, OperatorRoutes
 from .routes.reports import ReportRoutes
 from .services.browser import BrowserVisits
 from .services.conversions import Conversions
+from .services.dashboard import DashboardSignIn
 from .services.events import Events
 from .services.privacy import Privacy
 from .services.reports import Reports
@@ -94,6 +97,7 @@ ROUTES = web.AppKey("routes", Routes)
 BROWSER = web.AppKey("browser_routes", BrowserRoutes)
 OPERATORS = web.AppKey("operator_routes", OperatorRoutes)
 REPORTS = web.AppKey("report_routes", ReportRoutes)
+DASHBOARD = web.AppKey("dashboard_routes", DashboardRoutes)
 GUARD = web.AppKey("operator_guard", Guard)  # the operator key check and its failure limits, for the process
 
 
@@ -206,7 +210,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
                                  app[CLOCK])  # type: ignore[arg-type]
     app[OPERATORS] = OperatorRoutes(Privacy(app[DATABASE].pool, app[KEYS], app[WRITER], app[CLOCK]),
                                     app[GUARD])  # type: ignore[arg-type]
-    app[REPORTS] = ReportRoutes(Reports(app[DATABASE].pool), app[GUARD])
+    reports = Reports(app[DATABASE].pool)
+    app[REPORTS] = ReportRoutes(reports, app[GUARD])
+    app[DASHBOARD] = DashboardRoutes(DashboardSignIn(app[DATABASE].pool, app[CLOCK]), reports, app[GUARD],
+                                     app[CLOCK], app[CONFIG].current.server.reserved_prefix)  # type: ignore[arg-type]
     yield
 
 
@@ -329,6 +336,7 @@ def create_app(
     browser_routes.setup(reserved, "", lambda: app.get(BROWSER), current, Script())
     operator_routes.setup(reserved, "", lambda: app.get(OPERATORS), current)
     report_routes.setup(reserved, "", lambda: app.get(REPORTS), current)
+    dashboard_routes.setup(reserved, "", lambda: app.get(DASHBOARD), current)
     setup_fallback(reserved)  # after every route of the prefix: 404
     app.add_subapp(prefix, reserved)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .operators import key_digest, new_key
+
 # HaloTrack's queue stub: page code may call these before the async t.js has loaded; t.js replays `q`.
 QUEUE_STUB = (
     'window.HaloTrack=window.HaloTrack||{q:[]};["identify","track","consent"].forEach(function(m){'
@@ -149,7 +151,10 @@ def create_demo_site() -> web.Application:
         return demo_page("Contact", body)
 
     async def thanks(request: web.Request) -> web.Response:
-        return demo_page("Thank you", "<p>We will be in touch.</p>")
+        return demo_page("Thank you", "<p>We will be in touch.</p>"
+                         '<p>Now see your lead as the shop\'s marketer would: <a id="dashboard-link" '
+                         'href="/_halo/dashboard">open the HaloTrack dashboard</a> and sign in with the demo '
+                         "operator key <code>halo-proxy demo</code> printed.</p>")
 
     app = web.Application()
     app.router.add_get("/", home)
@@ -159,7 +164,9 @@ def create_demo_site() -> web.Application:
     return app
 
 
-def demo_config(site_port: int, webhook_secret: str) -> str:
+def demo_config(site_port: int, webhook_secret: str, operator_key: str | None = None) -> str:
+    keys = (f'    api_keys:\n      - {{name: demo, sha256: "{key_digest(operator_key)}", scopes: [report, privacy]}}\n'
+            if operator_key else "")
     return f"""# Written by `halo-proxy demo`; edit config/tenants.yaml for real tenants.
 server:
   stop: {{drain_s: 0}}  # no load balancer in front of the demo: Ctrl+C stops at once
@@ -170,17 +177,26 @@ tenants:
     currency: CZK
     default_phone_region: CZ
     webhook_secret: {webhook_secret}
-"""
+{keys}"""
+
+
+def _made_once(path: Path, make) -> str:  # type: ignore[no-untyped-def]
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make() + "\n")
+    return path.read_text().strip()
 
 
 def demo_webhook_secret(data_dir: Path) -> str:
     """The demo tenant's webhook secret: made once under HALO_DATA_DIR, so signed examples keep working."""
-    path = data_dir / "demo-webhook.secret"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(16) + "\n")
-    return path.read_text().strip()
+    return _made_once(data_dir / "demo-webhook.secret", lambda: secrets.token_hex(16))
+
+
+def demo_operator_key(data_dir: Path) -> str:
+    """The demo tenant's operator key (scopes report and privacy): made once under HALO_DATA_DIR and printed,
+    so the dashboard and the privacy routes can be tried; only its digest is in the tenant file."""
+    return _made_once(data_dir / "demo-operator.key", new_key)
 
 
 class Banner:
@@ -201,6 +217,7 @@ def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
     # One file per proxy port: a second demo (on other ports) never rewrites the file a running one reloads.
     config_path = data_dir / f"demo-tenants-{port}.yaml"
     secret = demo_webhook_secret(data_dir)
+    operator_key = demo_operator_key(data_dir)
 
     try:  # a proxy port in use fails before the tenant file is written (it may be another demo's)
         socket.create_server((host, port)).close()
@@ -220,12 +237,14 @@ def run_demo(host: str, port: int, site_port: int, metrics_port: int) -> int:
                   file=sys.stderr)
             await site_runner.cleanup()
             return 1
-        config_path.write_text(demo_config(site_port, secret), encoding="utf-8")
+        config_path.write_text(demo_config(site_port, secret, operator_key), encoding="utf-8")
         lines = [
             f"Demo site (direct):     http://127.0.0.1:{site_port}/",
             f"Through HaloTrack:      http://localhost:{port}/",
             f"  from a Google ad:     http://localhost:{port}/?utm_source=google&utm_medium=cpc&gclid=demo",
             f"  health:               http://localhost:{port}/_halo/healthz",
+            f"Dashboard:              http://localhost:{port}/_halo/dashboard",
+            f"  operator key:         {operator_key}   (report and privacy scopes; sign in with it)",
         ]
         if metrics_port:
             lines.append(f"Metrics:                http://{host}:{metrics_port}/metrics")

@@ -4,6 +4,7 @@
 - `storage/` never imports aiohttp, nor anything above it;
 - `forwarders/` wire modules never import storage (the delivery worker may) nor aiohttp's server side;
 - `services/` never imports aiohttp's server side nor the routes above it;
+- `views/` (HTML pages as data and templates) never does I/O: no aiohttp, no storage, nothing above it;
 - nothing imports the composition root `app.py` but the entry points that run it (cli, server, demo).
 """
 
@@ -22,7 +23,7 @@ MODULES = sorted(ROOT.rglob("*.py"))
 PURE_THIRD_PARTY = {"user_agents", "ua_parser", "phonenumbers"}
 IO_STDLIB = {"asyncio", "logging", "socket", "sqlite3", "subprocess", "threading", "time"}
 ABOVE_STORAGE = ("halo_proxy.app", "halo_proxy.edge", "halo_proxy.server", "halo_proxy.admin", "halo_proxy.cli",
-                 "halo_proxy.routes", "halo_proxy.services",
+                 "halo_proxy.routes", "halo_proxy.services", "halo_proxy.views",
                  "halo_proxy.forwarders", "halo_proxy.demo")
 ENTRY_POINTS = {"halo_proxy.cli", "halo_proxy.server", "halo_proxy.demo"}
 
@@ -89,6 +90,14 @@ def test_forwarder_wire_modules_never_import_storage(path):
 def test_services_never_import_aiohttp_web_or_routes(path):
     bad = sorted(m for m in imports(path) if m.startswith(("aiohttp.web", "halo_proxy.routes", "halo_proxy.edge",
                                                              "halo_proxy.app", "halo_proxy.server", "halo_proxy.cli")))
+    assert bad == [], f"{module_name(path)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "views" in p.parts], ids=ids)
+def test_views_do_no_io(path):
+    bad = sorted(m for m in imports(path) if m.split(".")[0] in {"aiohttp", "asyncpg"} | IO_STDLIB
+                 or m.startswith(("halo_proxy.routes", "halo_proxy.edge", "halo_proxy.storage", "halo_proxy.app",
+                                  "halo_proxy.server", "halo_proxy.cli", "halo_proxy.forwarders")))
     assert bad == [], f"{module_name(path)} imports {bad}"
 
 

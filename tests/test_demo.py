@@ -71,6 +71,17 @@ async def test_the_demo_as_a_newcomer_uses_it(tmp_path, database):
             async with http.post(f"http://127.0.0.1:{port}/_halo/webhook/lead", data=body, headers={
                     "Host": "localhost", "Content-Type": "application/json", "X-Halo-Signature": f"t={t},v1={sig}"}) as r:
                 assert r.status == 201, await r.text()
+            # The banner's dashboard URL and operator key: the key reads the newcomer's lead in the report.
+            dashboard = next(line for line in banner if line.startswith("Dashboard:")).split()[1]
+            assert dashboard == f"http://localhost:{port}/_halo/dashboard"
+            key = next(line for line in banner if line.strip().startswith("operator key:")).split()[2]
+            assert key == (tmp_path / "halo" / "demo-operator.key").read_text().strip()
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            async with http.get(f"http://127.0.0.1:{port}/_halo/report?from={today}&to={today}", headers={
+                    "Host": "localhost", "Authorization": f"Bearer {key}"}) as r:
+                assert r.status == 200 and (await r.json())["totals"]["leads"] == 1
+            async with http.get(f"http://127.0.0.1:{port}/_halo/dashboard", headers={"Host": "localhost"}) as r:
+                assert r.status == 200 and 'name="key"' in await r.text()
 
         config = tmp_path / "halo" / f"demo-tenants-{port}.yaml"
         before = config.read_text()

@@ -42,7 +42,11 @@ class Clock:
 
 
 def settings(upstream_port: int):  # type: ignore[no-untyped-def]
-    return parse(f"""
+    return parse(settings_text(upstream_port), "t.yaml", {})
+
+
+def settings_text(upstream_port: int) -> str:
+    return f"""
 tenants:
   - id: shop
     hosts: [{HOST}]
@@ -62,7 +66,7 @@ tenants:
     webhook_secret: {SECRET}
     api_keys:
       - {{name: ops, sha256: "{key_digest(OTHER_OPS)}", scopes: [report, privacy]}}
-""", "t.yaml", {})
+"""
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..config import ApiKey, Settings, Tenant
 from ..metrics import Metrics
-from ..operators import MISSING, OK, WRONG_TENANT, bearer, check_key
+from ..operators import MISSING, OK, WRONG_TENANT, Verdict, bearer, check_key
 from ..ratelimit import TokenBucket, retry_after_header
 from ..services.privacy import Privacy
 from ..tracking.identity import normalise_email, normalise_phone
@@ -41,8 +41,10 @@ class Guard:
         self.counter = metrics.operator_auth_failures
         self.clock = clock
 
-    def require(self, request: web.Request, settings: Settings, tenant: Tenant, client_ip: str | None,
-                scope: str) -> ApiKey:
+    def check(self, settings: Settings, tenant: Tenant, client_ip: str | None, presented: str | None,
+              scope: str) -> Verdict:
+        """Whose key `presented` is, a failure counted against the address; ApiError 429 (with Retry-After)
+        when the address has failed too often, before the key is looked at."""
         address = client_ip or "unknown"
         now = self.clock()
         wait = self.failures.wait(address, now)
@@ -50,12 +52,19 @@ class Guard:
             self.counter.labels(reason="rate_limited").inc()
             raise ApiError(429, "rate_limited", "Too many failed key attempts from this address; wait.",
                            headers={"Retry-After": retry_after_header(wait)})
+        verdict = check_key(settings, tenant, presented, scope)
+        if verdict.outcome != OK:
+            self.failures.take(address, now)
+            self.counter.labels(reason=verdict.outcome).inc()
+        return verdict
+
+    def require(self, request: web.Request, settings: Settings, tenant: Tenant, client_ip: str | None,
+                scope: str) -> ApiKey:
+        """The key of the request's `Authorization: Bearer` header, or the contract's 401 / 403 / 429."""
         sent = request.headers.getall("Authorization", ())
-        verdict = check_key(settings, tenant, bearer(sent[0]) if len(sent) == 1 else None, scope)
+        verdict = self.check(settings, tenant, client_ip, bearer(sent[0]) if len(sent) == 1 else None, scope)
         if verdict.outcome == OK:
             return verdict.key  # type: ignore[return-value]
-        self.failures.take(address, now)
-        self.counter.labels(reason=verdict.outcome).inc()
         status, detail = _DETAILS[verdict.outcome]
         headers = {"WWW-Authenticate": 'Bearer realm="halotrack"'} if status == 401 else None
         raise ApiError(status, verdict.outcome, detail, headers=headers)

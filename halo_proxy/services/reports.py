@@ -30,7 +30,9 @@ from ..config import Tenant
 from ..storage import credits as credit_store
 from ..storage import reports as report_store
 from ..storage.errors import StorageError
-from ..tracking.credit import DEFAULT_MODEL, MODELS, NOT_SET
+from ..tracking.attribution import attribution_from_record
+from ..tracking.credit import DEFAULT_MODEL, MODELS, shares, touch_key
+from ..tracking.models import Touch
 from ..tracking.period import Period
 from ..tracking.period import period as make_period
 
@@ -108,7 +110,8 @@ class TouchStep:
 @dataclass(frozen=True, slots=True)
 class RecentConversion:
     """A conversion without any personal data: when, what, how much, how it was matched, and its touch path
-    (the stored touches within the lookback window, oldest first; empty when unattributed)."""
+    (the stored touches within the lookback window, oldest first; empty when unattributed) with each touch's
+    share of it under the model asked for (summing to 1)."""
 
     id: UUID
     created_at: datetime
@@ -117,6 +120,7 @@ class RecentConversion:
     currency: str | None
     match_type: str
     touches: tuple[TouchStep, ...]
+    shares: tuple[Decimal, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +141,19 @@ def _row_order(row: ReportRow) -> tuple[Any, ...]:
     return (-row.revenue, -row.conversions, row.source, row.medium, row.campaign, row.channel)
 
 
-def _step(data: dict[str, Any]) -> TouchStep:
-    return TouchStep(source=data.get("source") or NOT_SET, medium=data.get("medium") or NOT_SET,
-                     campaign=data.get("campaign") or NOT_SET, channel=data.get("channel") or "Direct",
-                     at=datetime.fromisoformat(data["at"]))
+def _step(touch: Touch) -> TouchStep:
+    key = touch_key(touch)
+    return TouchStep(source=key.source, medium=key.medium, campaign=key.campaign, channel=key.channel, at=touch.at)
+
+
+def _recent(c: report_store.LatestConversion, model: str) -> RecentConversion:
+    attribution = attribution_from_record(c.attribution) if c.attribution else None
+    touches = attribution.touches if attribution is not None else ()
+    parts = shares(model, touches, c.occurred_at, attribution.last_touch) if touches else ()  # type: ignore[union-attr]
+    return RecentConversion(id=c.id, created_at=c.created_at, kind=c.kind, value=c.value,
+                            currency=c.currency.strip() if c.currency else None, match_type=c.match_type,
+                            touches=tuple(_step(t) for t in touches),
+                            shares=tuple(Decimal(p.numerator) / Decimal(p.denominator) for p in parts))
 
 
 class Reports:
@@ -174,11 +187,14 @@ class Reports:
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             return await self._channels(conn, tenant, period, model)
 
-    async def latest(self, tenant: Tenant, period: Period, limit: int = 20) -> tuple[RecentConversion, ...]:
-        """The `limit` (1 to 100) latest conversions created in the period, newest first."""
+    async def latest(self, tenant: Tenant, period: Period, limit: int = 20,
+                     model: str = DEFAULT_MODEL) -> tuple[RecentConversion, ...]:
+        """The `limit` (1 to 100) latest conversions created in the period, newest first, with their touches'
+        shares under `model`."""
         _check_limit(limit)
+        _check_model(model)
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            return await self._latest(conn, tenant, period, limit)
+            return await self._latest(conn, tenant, period, limit, model)
 
     async def dashboard(self, tenant: Tenant, period: Period, model: str = DEFAULT_MODEL,
                         latest: int = 20) -> Dashboard:
@@ -190,7 +206,7 @@ class Reports:
             return Dashboard(report=await self._report(conn, tenant, period, model),
                              daily=await self._daily(conn, tenant, period),
                              channels=await self._channels(conn, tenant, period, model),
-                             latest=await self._latest(conn, tenant, period, latest))
+                             latest=await self._latest(conn, tenant, period, latest, model))
 
     # -- crediting ------------------------------------------------------------------------------------------
 
@@ -257,13 +273,10 @@ class Reports:
         rows = [ChannelRow(s.channel, s.conversions, s.revenue) for s in sums]
         return tuple(sorted(rows, key=lambda r: (-r.revenue, -r.conversions, r.channel)))
 
-    async def _latest(self, conn: asyncpg.Connection, tenant: Tenant, period: Period,
-                      limit: int) -> tuple[RecentConversion, ...]:
+    async def _latest(self, conn: asyncpg.Connection, tenant: Tenant, period: Period, limit: int,
+                      model: str) -> tuple[RecentConversion, ...]:
         found = await report_store.latest(conn, tenant.id, period.since, period.until, limit)
-        return tuple(RecentConversion(id=c.id, created_at=c.created_at, kind=c.kind, value=c.value,
-                                      currency=c.currency.strip() if c.currency else None,
-                                      match_type=c.match_type, touches=tuple(_step(t) for t in c.touches))
-                     for c in found)
+        return tuple(_recent(c, model) for c in found)
 
 
 def _check_model(model: str) -> None:

@@ -70,16 +70,17 @@ class DaySums:
 
 @dataclass(frozen=True, slots=True)
 class LatestConversion:
-    """A conversion as the report shows it; `touches` are the stored touches, oldest first, each a dict of
-    source, medium, campaign, channel and at (ISO 8601 UTC)."""
+    """A conversion as the report shows it: its attribution record as stored (tracking/attribution.py reads it;
+    it holds no personal data) and the time it was attributed for."""
 
     id: UUID
     created_at: datetime
+    occurred_at: datetime
     kind: str
     value: Decimal | None
     currency: str | None
     match_type: str
-    touches: list[dict[str, Any]]
+    attribution: dict[str, Any] | None
 
 
 CREDIT_SUMS = """
@@ -113,13 +114,7 @@ GROUP BY 1
 """
 
 LATEST = """
-SELECT id, created_at, kind, value, currency, match_type,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object('source', t -> 'source', 'medium', t -> 'medium',
-                                                     'campaign', t -> 'campaign', 'channel', t -> 'channel',
-                                                     'at', t -> 'at') ORDER BY n), '[]'::jsonb)
-        FROM jsonb_array_elements(CASE jsonb_typeof(attribution -> 'touches') WHEN 'array'
-                                       THEN attribution -> 'touches' ELSE '[]'::jsonb END)
-             WITH ORDINALITY AS x(t, n)) AS touches
+SELECT id, created_at, occurred_at, kind, value, currency, match_type, attribution
 FROM conversions
 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3
 ORDER BY created_at DESC, id DESC

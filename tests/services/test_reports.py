@@ -19,7 +19,7 @@ from halo_proxy.services.reports import ReportRow, Reports
 from halo_proxy.storage import conversions as conversion_store
 from halo_proxy.storage.conversions import ConversionWrite
 from halo_proxy.tracking.attribution import attribute, attribution_record
-from halo_proxy.tracking.credit import MODELS, UNATTRIBUTED_KEY, TouchKey, credit, touch_key
+from halo_proxy.tracking.credit import MODELS, UNATTRIBUTED_KEY, TouchKey, credit, shares, touch_key
 from halo_proxy.tracking.models import Attribution, Touch
 
 START = datetime(2026, 3, 20, 0, 0, tzinfo=UTC)  # the period spans the daylight-saving change of the 29th
@@ -151,7 +151,7 @@ async def test_daily_channels_latest_and_the_dashboard_agree(db_pool, tenant):
     assert {c.channel: [c.conversions, c.revenue] for c in channels} == by_channel
     assert [c.revenue for c in channels] == sorted((c.revenue for c in channels), reverse=True)
 
-    latest = await reports.latest(tenant, period, 5)
+    latest = await reports.latest(tenant, period, 5, "time_decay")
     newest = sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)[:5]
     assert [c.id for c in latest] == [r.id for r in newest]
     for c, r in zip(latest, newest, strict=True):
@@ -159,6 +159,10 @@ async def test_daily_channels_latest_and_the_dashboard_agree(db_pool, tenant):
             r.created_at, r.kind, r.value, r.currency, r.match_type)
         assert [(TouchKey(s.source, s.medium, s.campaign, s.channel), s.at) for s in c.touches] == [
             (touch_key(t), t.at) for t in r.attribution.touches]
+        # each touch's share under the model, as the credits are computed
+        expected = shares("time_decay", r.attribution.touches, r.occurred_at, r.attribution.last_touch)
+        assert [float(x) for x in c.shares] == pytest.approx([float(x) for x in expected])
+        assert not c.touches or float(sum(c.shares)) == pytest.approx(1.0)
 
     dashboard = await reports.dashboard(tenant, period, "time_decay", latest=5)
     assert dashboard.report == report and dashboard.daily == daily
