@@ -290,7 +290,11 @@ async def snapshot(pool) -> dict[tuple[str, str], object]:  # type: ignore[no-un
     return out
 
 
-ROUTES = [("DELETE", "/_halo/delete-user"), ("GET", "/_halo/export-user")]
+TODAY = time.strftime("%Y-%m-%d", time.gmtime())
+ROUTES = [("DELETE", "/_halo/delete-user?email=jana.novak@example.cz"),
+          ("GET", "/_halo/export-user?email=jana.novak@example.cz"),
+          ("GET", f"/_halo/report?from={TODAY}&to={TODAY}"),
+          ("GET", f"/_halo/report?from={TODAY}&to={TODAY}&format=csv")]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)
@@ -300,11 +304,12 @@ async def test_isolation_matrix_every_operator_route_every_key_every_host(site, 
                                                                         key_tenant, host, host_tenant):
     await person_journey(http, site)
     await person_journey(http, site, OTHER)
+    await signed(http, site, "/_halo/webhook/lead", {"email": "only.other@example.cz", "event_id": "x"}, OTHER)
     assert await site.app[WRITER].flush()
     before = await snapshot(clean)
-    async with http.request(method, url(site, f"{path}?email=jana.novak@example.cz"),
-                            headers={"Host": host, "Authorization": f"Bearer {key}"}) as resp:
-        status, body = resp.status, await resp.json()
+    async with http.request(method, url(site, path), headers={"Host": host, "Authorization": f"Bearer {key}"}) as resp:
+        status = resp.status
+        body = await resp.json() if resp.content_type == "application/json" else await resp.text()
     after = await snapshot(clean)
     other_tenant = "other" if key_tenant == "shop" else "shop"
     # Whatever happened, the other tenant's rows are exactly as they were.
@@ -315,7 +320,16 @@ async def test_isolation_matrix_every_operator_route_every_key_every_host(site, 
         assert after == before
         return
     assert status == 200
-    if method == "GET":  # an export reads; only the audit trail grows
+    if "report" in path:  # a report reads its own tenant's conversions only (crediting any not yet credited)
+        assert {k: v for k, v in after.items() if k[0] not in ("conversions", "conversion_credits")} == \
+            {k: v for k, v in before.items() if k[0] not in ("conversions", "conversion_credits")}
+        if "csv" in path:
+            rows = [line.split(",") for line in body.strip().splitlines()[1:]]
+            assert sum(float(r[4]) for r in rows) == {"shop": 2, "other": 3}[key_tenant]
+        else:
+            assert body["tenant"] == key_tenant
+            assert body["totals"]["conversions"] == {"shop": 2, "other": 3}[key_tenant]
+    elif method == "GET":  # an export reads; only the audit trail grows
         assert {k: v for k, v in after.items() if k[0] != "privacy_audit"} == \
             {k: v for k, v in before.items() if k[0] != "privacy_audit"}
         assert len(body["leads"]) == 1 and len(body["sessions"]) == 1
