@@ -130,6 +130,18 @@ async def test_a_full_journey_leaves_no_personal_data_in_logs_or_error_answers(s
         await call("GET", f"/_halo/export-user?phone={PHONE}99", Authorization=f"Bearer {KEY}")
         await call("GET", f"/_halo/export-user?email={EMAIL}", Authorization=f"Bearer {KEY}")
         await call("DELETE", f"/_halo/delete-user?email={EMAIL}&phone={PHONE}", Authorization=f"Bearer {KEY}")
+        # The report and the dashboard: a wrong key, then a sign-in whose session token must not leak either.
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        await call("GET", f"/_halo/report?from={today}&to={today}&model={EMAIL}", Authorization=f"Bearer {KEY}")
+        await call("GET", f"/_halo/report?from={today}&to={today}&format=csv", Authorization=f"Bearer {KEY}")
+        form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{HOST}"}
+        await call("POST", "/_halo/dashboard/login", f"key={KEY}x".encode(), **form)
+        signed_in = await call("POST", "/_halo/dashboard/login", f"key={KEY}".encode(), **form)
+        token = signed_in.cookies["halo_dashboard"].value
+        SECRETS.append(token)
+        await call("GET", f"/_halo/dashboard?model={EMAIL}", Cookie=f"halo_dashboard={token}")
+        await call("GET", "/_halo/dashboard", Cookie=f"halo_dashboard={token}")
+        await call("POST", "/_halo/dashboard/logout", b"csrf=wrong", Cookie=f"halo_dashboard={token}", **form)
         await call("POST", "/_halo/consent", json.dumps({"analytics": False, "marketing": False}).encode(), **jar,
                    Referer=f"http://{HOST}/")
         assert await site.app[WRITER].flush()
