@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test audit browser bench lint clean
+.PHONY: run test test-slow audit browser bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ run: $(STAMP)
 
 test: $(STAMP) audit browser
 	$(BIN)/python -m pytest
+
+# The reconciled load test: two proxy processes under mixed traffic, a worker killed, everything accounted for.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests/slow -s
 
 # The browser tests (tests/browser/) drive Debian's chromium through Playwright: installed here when missing,
 # never downloaded by a test tool.

@@ -259,7 +259,13 @@ def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop installs its own reload handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
     code = run_loop(run_worker(config_path, host, port, 0, serve_metrics=False, ready=ready, sock=sock))
-    sys.exit(code)
+    # The worker has stopped in order; leave now with its code. A worker the supervisor restarted was forked from
+    # one of the supervisor's threads, and the interpreter's own shutdown of such a child (threading._shutdown)
+    # fails, which multiprocessing reports as exit code 1 with no word why.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
@@ -423,6 +429,7 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
             await release_dead_worker(pid)
             code = EXIT_ABANDONED
         elif proc.exitcode:
+            log.warning("worker %d stopped with exit code %s", pid, proc.exitcode)
             if proc.exitcode != EXIT_ABANDONED:
                 await release_dead_worker(pid)  # it crashed while stopping
             code = max(code, EXIT_ABANDONED if proc.exitcode == EXIT_ABANDONED else 1)

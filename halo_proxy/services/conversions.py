@@ -8,6 +8,7 @@ before the 2xx answer; a repeat of the same idempotency key returns the first an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -33,6 +34,10 @@ from ..storage.sessions import SessionRecord
 from ..storage.write_queue import VisitWriter
 from ..tracking.attribution import attribute, attribution_json, choose_session
 from ..tracking.models import Attribution, ConversionInput
+
+# A session not found after this process's own flush may still sit in a sibling process's write queue (flushed
+# every 50 ms): looked for again after these waits, about six flush intervals in all, before it counts as unknown.
+SIBLING_FLUSH_WAITS_S = (0.05, 0.1, 0.15)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +75,15 @@ class Conversions:
         db = conn if conn is not None else self.pool
         record = await session_store.get_session(db, tenant.id, session_id)
         if record is None:
-            # A visitor who converts right after landing: the session may still be queued for writing.
+            # A visitor who converts right after landing: the session may still be queued for writing, here or
+            # in another process (a sibling worker, another replica) that flushes within its write interval.
             await self.writer.flush()
             record = await session_store.get_session(db, tenant.id, session_id)
+            for delay in SIBLING_FLUSH_WAITS_S:
+                if record is not None:
+                    break
+                await asyncio.sleep(delay)
+                record = await session_store.get_session(db, tenant.id, session_id)
         return record
 
     # -- identify ----------------------------------------------------------------------------------------
