@@ -146,6 +146,9 @@ class Tenant:
     shopify_secret: str | None = None
     stripe_secret: str | None = None
     external_origins: tuple[str, ...] = ()
+    # When set, the dashboard answers only on these of the tenant's hosts (a host of its own: the site's scripts
+    # on the other hosts cannot read it).
+    dashboard_hosts: tuple[str, ...] = ()
     inject_script: bool = True
     retention: Retention = field(default_factory=Retention)
     rate_limit: RateLimit = field(default_factory=RateLimit)
@@ -383,6 +386,7 @@ _TENANT_KEYS = {
     "id", "hosts", "upstream", "currency", "default_phone_region", "cookie", "consent", "webhook_secret",
     "api_keys", "forwarders", "timeouts", "upstream_host", "timezone", "attribution", "shopify_secret",
     "stripe_secret", "external_origins", "inject", "retention_days", "rate_limit", "max_body_kb",
+    "dashboard_hosts",
 }
 
 
@@ -492,6 +496,7 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
     retention = _retention(r, label, data.get("retention_days"))
     rate = _rate_limit(r, label, data.get("rate_limit"))
     origins = _origins(r, label, data)
+    dashboard_hosts = _dashboard_hosts(r, label, data, hosts)
 
     tenant = Tenant(
         id=tid or "",
@@ -513,6 +518,7 @@ def _tenant(r: _Reader, raw: Any, index: int) -> Tenant | None:
         shopify_secret=r.get(label, data, "shopify_secret", str, None),
         stripe_secret=r.get(label, data, "stripe_secret", str, None),
         external_origins=tuple(origins),
+        dashboard_hosts=tuple(dashboard_hosts),
         inject_script=r.get(f"{label}.inject", inject, "script", bool, base.inject_script),
         retention=retention,
         rate_limit=rate,
@@ -622,6 +628,18 @@ def _origins(r: _Reader, label: str, data: dict[str, Any]) -> list[str]:
         else:
             origins.append(origin.rstrip("/").lower())
     return origins
+
+
+def _dashboard_hosts(r: _Reader, label: str, data: dict[str, Any], hosts: list[str]) -> list[str]:
+    found = []
+    for i, host in enumerate(r.get(label, data, "dashboard_hosts", list, [])):
+        name = host.lower().rstrip(".") if isinstance(host, str) else ""
+        served = name in hosts or any(h.startswith("*.") and name.endswith(h[1:]) and name != h[2:] for h in hosts)
+        if not name or name.startswith("*") or not HOST_RE.match(name) or not served:
+            r.error(f"{label}.dashboard_hosts[{i}]", f"'{host}' must be one of this tenant's hosts (no wildcard)")
+        else:
+            found.append(name)
+    return found
 
 
 def _forwarders(r: _Reader, where: str, raw: Any) -> Forwarders:

@@ -81,7 +81,7 @@ def cards(page: str) -> dict[str, str]:
 
 def table(page: str) -> list[list[str]]:
     body = page.split('<table id="rows">', 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
-    return [[unescape(cell) for cell in re.findall(r"<td[^>]*>([^<]*)</td>", row)]
+    return [[unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
             for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
 
 
@@ -167,11 +167,11 @@ async def test_the_latest_conversions_name_their_match_and_the_touches_that_earn
     assert "matched by not matched to any visit" in conversions[0]  # C's order in EUR
     order_a = conversions[3]
     assert "matched by their own visit" in order_a and "2\u202f500.00 CZK" in order_a
-    steps = re.findall(r"<li( class=\"credited\")?><b>([^<]+)</b>.*? · (\d+ %)</li>", order_a, re.S)
+    steps = re.findall(r"<li( class=\"credited\")?><b><bdi>([^<]+)</bdi></b>.*? · (\d+ %)</li>", order_a, re.S)
     assert [(s[1], s[2]) for s in steps] == [("google", "33 %"), ("facebook", "67 %")]
     _, _, page = await dashboard(http, site, token, f"{DAY}&model=first_touch")
     order_a = page.split('id="latest"', 1)[1].split('<div class="conversion">')[4]
-    steps = re.findall(r"<li( class=\"credited\")?><b>([^<]+)</b>.*? · (\d+ %)</li>", order_a, re.S)
+    steps = re.findall(r"<li( class=\"credited\")?><b><bdi>([^<]+)</bdi></b>.*? · (\d+ %)</li>", order_a, re.S)
     assert steps == [(' class="credited"', "google", "100 %"), ("", "facebook", "0 %")]
 
 
@@ -274,3 +274,71 @@ async def test_a_value_from_the_data_is_escaped(aiohttp_server, clean, clock, ht
     _, _, page = await dashboard(http, site, token)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert OPS not in page
+
+
+# -- what a probe found: fixed and kept so ---------------------------------------------------------------------
+
+
+async def test_a_day_before_any_range_can_start_is_a_422_not_a_500(site, http):
+    token = await signed_in(http, site)
+    for query in ("to=0001-01-29", "to=0001-01-01", "from=0001-01-01&to=0001-01-02"):
+        status, _, page = await dashboard(http, site, token, query)
+        assert status == 422 and 'role="alert">' in page, query
+    async with http.get(url(site, "/_halo/dashboard/report.csv?to=0001-01-01"),
+                        headers={"Host": HOST, "Cookie": f"halo_dashboard={token}"}) as resp:
+        assert resp.status == 422
+
+
+@pytest.mark.parametrize("mode", ["cors", "same-origin", "no-cors"])
+async def test_a_script_of_the_site_cannot_fetch_the_dashboard(site, http, mode):
+    """The dashboard shares the site's origin: a page's fetch() of it is refused; only navigations are answered."""
+    token = await signed_in(http, site)
+    cookie = {"Host": HOST, "Cookie": f"halo_dashboard={token}", "Sec-Fetch-Mode": mode, "Sec-Fetch-Dest": "empty"}
+    for method, path in (("GET", "/_halo/dashboard"), ("GET", f"/_halo/dashboard/report.csv?{DAY}")):
+        async with http.request(method, url(site, path), headers=cookie) as resp:
+            assert resp.status == 403 and "csrf" not in await resp.text()
+    async with http.post(url(site, "/_halo/dashboard/logout"), data="csrf=x", headers={**FORM, **cookie}) as resp:
+        assert resp.status == 403
+    navigate = {"Host": HOST, "Cookie": f"halo_dashboard={token}", "Sec-Fetch-Mode": "navigate"}
+    async with http.get(url(site, "/_halo/dashboard"), headers=navigate) as resp:
+        assert resp.status == 200 and "Sign out" in await resp.text()
+
+
+async def test_a_planted_cookie_of_the_same_name_neither_signs_in_nor_signs_out(site, http):
+    token = await signed_in(http, site)
+    for cookie in (f"halo_dashboard=planted; halo_dashboard={token}", f"halo_dashboard={token}; halo_dashboard=x"):
+        status, headers, page = await dashboard(http, site, None, DAY)
+        async with http.get(url(site, f"/_halo/dashboard?{DAY}"), headers={"Host": HOST, "Cookie": cookie}) as resp:
+            assert resp.status == 200 and "Sign out" in await resp.text()
+    async with http.get(url(site, "/_halo/dashboard"),
+                        headers={"Host": HOST, "Cookie": "halo_dashboard=a; halo_dashboard=b"}) as resp:
+        assert 'name="key"' in await resp.text() and "Set-Cookie" not in resp.headers  # nothing cleared
+
+
+async def test_the_table_shows_at_most_200_rows_and_sends_to_the_csv_for_the_rest(site, http, clock):
+    from tests.test_reports import convert, visit
+
+    for i in range(203):
+        cookie = await visit(http, site, clock, T, f"?utm_source=s{i:03d}&utm_medium=cpc")
+        await convert(http, site, clock, T, "order", {"order_id": f"o{i}", "value": i + 1, "session_id": cookie})
+    token = await signed_in(http, site)
+    _, _, page = await dashboard(http, site, token)
+    assert len(table(page)) == 200 and "3 more rows in this order" in page
+    assert table(page)[0][0] == "s202"  # the largest revenue first
+
+
+async def test_a_dashboard_host_of_its_own(aiohttp_server, clean, clock, http):
+    upstream = await aiohttp_server(create_upstream())
+    text = settings_text(upstream.port).replace("    hosts: [shop.localhost]",
+                                                "    hosts: [shop.localhost, stats.shop.localhost]\n"
+                                                "    dashboard_hosts: [stats.shop.localhost]")
+    site = await aiohttp_server(create_app(parse(text, "t.yaml", {}), Metrics(), keys=KEYS, pool=clean,
+                                           migrate=False, clock=clock))
+    async with http.get(url(site, "/_halo/dashboard"), headers={"Host": HOST}) as resp:
+        assert resp.status == 404
+    async with http.get(url(site, "/_halo/dashboard"), headers={"Host": "stats.shop.localhost"}) as resp:
+        assert resp.status == 200 and 'name="key"' in await resp.text()
+    async with http.post(url(site, "/_halo/dashboard/login"), data=f"key={REPORT_ONLY}", allow_redirects=False,
+                         headers={"Host": "stats.shop.localhost", "Origin": "http://stats.shop.localhost",
+                                  "Content-Type": "application/x-www-form-urlencoded"}) as resp:
+        assert resp.status == 303

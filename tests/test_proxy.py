@@ -243,6 +243,12 @@ async def test_each_set_cookie_stays_a_separate_line(proxy, client):
     assert cookies == ["a=1; Path=/", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Path=/", "c=3; HttpOnly"]
 
 
+async def test_the_upstream_cannot_set_the_dashboard_session_cookie(proxy, client):
+    async with client.get(url(proxy, "/cookies?dashboard=1"), headers={"Host": HOST}) as resp:
+        cookies = resp.headers.getall("Set-Cookie")
+    assert cookies == ["a=1; Path=/", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Path=/", "c=3; HttpOnly"]
+
+
 async def test_no_cookie_jar_is_shared_between_visitors(proxy, upstream, client):
     async with client.get(url(proxy, "/cookies"), headers={"Host": HOST, "Cookie": "visitor=A"}) as resp:
         await resp.read()

@@ -64,6 +64,8 @@ def create_upstream() -> web.Application:
         resp.headers.add("Set-Cookie", "a=1; Path=/")
         resp.headers.add("Set-Cookie", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Path=/")
         resp.headers.add("Set-Cookie", "c=3; HttpOnly")
+        if request.query.get("dashboard"):  # an upstream trying to plant HaloTrack's dashboard session
+            resp.headers.add("Set-Cookie", " halo_dashboard=planted; Path=/_halo/dashboard; HttpOnly")
         return resp
 
     async def hop(request: web.Request) -> web.Response:

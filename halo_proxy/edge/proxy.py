@@ -109,16 +109,22 @@ def _upstream_host(upstream: str) -> str:
     return up.raw_host if up.is_default_port() else f"{up.raw_host}:{up.port}"
 
 
+# The dashboard's session cookie (routes/dashboard.py): never set by the upstream.
+DASHBOARD_COOKIE = "halo_dashboard"
+
+
 def response_headers(raw: list[tuple[str, str]], tenant: Tenant, request: web.Request,
                      https: bool) -> CIMultiDict[str]:
-    """Upstream response headers minus hop-by-hop ones; each Set-Cookie kept as its own line."""
+    """Upstream response headers minus hop-by-hop ones; each Set-Cookie kept as its own line, except one that
+    would set HaloTrack's dashboard session cookie (only HaloTrack's sign-in sets it)."""
     drop = HOP_BY_HOP
     rewrite = False
     for name, value in raw:
         lname = name.lower()
         if lname == "connection":
             drop = drop | {t.strip().lower() for t in value.split(",")}
-        elif lname == "location" or lname == "content-location":
+        elif lname == "location" or lname == "content-location" or (
+                lname == "set-cookie" and _sets_own_cookie(value)):
             rewrite = True
     if not rewrite:
         return CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
@@ -130,8 +136,14 @@ def response_headers(raw: list[tuple[str, str]], tenant: Tenant, request: web.Re
             continue
         if lname == "location" or lname == "content-location":
             value = rewrite_location(value, tenant, public)
+        elif lname == "set-cookie" and _sets_own_cookie(value):
+            continue
         out.add(name, value)
     return out
+
+
+def _sets_own_cookie(value: str) -> bool:
+    return value.lstrip(" \t").startswith(DASHBOARD_COOKIE + "=")
 
 
 def rewrite_location(value: str, tenant: Tenant, public_origin: str) -> str:

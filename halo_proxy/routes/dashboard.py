@@ -6,13 +6,22 @@ The page is server-rendered HTML (views/): no script, no external asset, so it w
 its Content-Security-Policy allows nothing but its own nonce'd stylesheet and forms posting to itself.
 
 Sign-in: the key is read from the form once and never sent back or stored in the browser; the session cookie is
-`HttpOnly`, `SameSite=Strict`, scoped to the dashboard's path, `Secure` over HTTPS. Forms are CSRF-safe: a
-login or logout whose Origin (else Referer) is not this very host is refused, and the logout form also carries
-the session's own CSRF token. Failed keys count against the same per-IP limit as every operator route.
+`HttpOnly`, `SameSite=Strict`, scoped to the dashboard's path, `Secure` over HTTPS, and never set by the upstream
+(edge/proxy.py drops it from the site's answers). Forms are CSRF-safe: a login or logout whose Origin (else
+Referer) is not this very host is refused, and the logout form also carries the session's own CSRF token.
+Failed keys count against the same per-IP limit as every operator route.
+
+The dashboard shares its origin with the client's site (it lives under the reserved prefix of the site's own
+hosts), so a script of the site could otherwise fetch it. Every dashboard route therefore answers only a
+browser navigation (a request whose `Sec-Fetch-Mode` says `fetch`/`cors`/`no-cors`/`same-origin` is refused),
+and a tenant may list `dashboard_hosts`: then the dashboard answers only there (a host of its own, whose pages
+no site script shares). Cookies planted under the same name (another path or a parent domain) cannot sign the
+operator out: every `halo_dashboard` value sent is tried, and none is cleared when several came.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -22,6 +31,7 @@ from aiohttp import web
 
 from ..config import Settings, Tenant
 from ..edge.admission import CLIENT
+from ..edge.proxy import DASHBOARD_COOKIE
 from ..operators import OK
 from ..services.dashboard import SESSION_HOURS, DashboardSignIn, csrf_matches
 from ..services.reports import Reports
@@ -35,9 +45,12 @@ from .forms import FormError, parse_urlencoded
 from .operators import Guard
 from .reports import report_csv, single_parameters
 
-COOKIE = "halo_dashboard"
+COOKIE = DASHBOARD_COOKIE
 FORM_LIMIT = 4096
 LATEST = 20
+MAX_COOKIE_VALUES = 4
+
+log = logging.getLogger(__name__)
 
 _SIGN_IN_ERRORS = {
     "missing_key": (401, "Enter an operator key."),
@@ -88,8 +101,24 @@ class DashboardRoutes:
     def _redirect(self) -> web.Response:
         return web.Response(status=303, headers={"Location": f"{self.prefix}/dashboard", "Cache-Control": "no-store"})
 
-    async def _session(self, request: web.Request, tenant: Tenant) -> DashboardSession | None:
-        return await self.sign_in.session(tenant, request.cookies.get(COOKIE))
+    async def _session(self, request: web.Request, tenant: Tenant) -> tuple[DashboardSession, str] | None:
+        """The live session of the first `halo_dashboard` value sent that has one, with its token."""
+        for token in _tokens(request):
+            found = await self.sign_in.session(tenant, token)
+            if found is not None:
+                return found, token
+        return None
+
+    def _refuse(self, request: web.Request, tenant: Tenant) -> web.Response | None:
+        """Not a browser navigation to the dashboard on a host that serves it: the answer, else None."""
+        if tenant.dashboard_hosts and (request.host.rsplit(":", 1)[0].lower().rstrip(".")
+                                       not in tenant.dashboard_hosts):
+            raise ApiError(404, "not_found", "The dashboard of this tenant is served on its dashboard host.")
+        mode = request.headers.get("Sec-Fetch-Mode")
+        if mode is not None and mode != "navigate":
+            return web.Response(status=403, text="The dashboard opens only as a page of its own.\n",
+                                headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+        return None
 
     def _today(self, tenant: Tenant) -> datetime:
         return self.clock().astimezone(ZoneInfo(tenant.timezone))
@@ -98,12 +127,16 @@ class DashboardRoutes:
 
     async def page(self, request: web.Request, tenant: Tenant, settings: Settings,
                    client_ip: str | None) -> web.StreamResponse:
-        session = await self._session(request, tenant)
-        if session is None:
+        refused = self._refuse(request, tenant)
+        if refused is not None:
+            return refused
+        found = await self._session(request, tenant)
+        if found is None:
             response = self._sign_in_page(tenant)
-            if COOKIE in request.cookies:
+            if len(_tokens(request)) == 1:  # one stale cookie: cleared (never several: one may be planted)
                 self._cookie(response, request, "", 0)
             return response
+        session, _ = found
         today = self._today(tenant).date()
         error = None
         status = 200
@@ -120,6 +153,9 @@ class DashboardRoutes:
 
     async def login(self, request: web.Request, tenant: Tenant, settings: Settings,
                     client_ip: str | None) -> web.StreamResponse:
+        refused = self._refuse(request, tenant)
+        if refused is not None:
+            return refused
         if not from_this_page(request, settings, tenant):
             return self._sign_in_page(tenant, "Sign in from the dashboard's own page.", 403)
         fields = await _form(request)
@@ -135,26 +171,35 @@ class DashboardRoutes:
             status, detail = _SIGN_IN_ERRORS[verdict.outcome]
             return self._sign_in_page(tenant, detail, status)
         token, _ = await self.sign_in.sign_in(tenant, verdict.key)  # type: ignore[arg-type]
+        log.info("dashboard sign-in to tenant %s with key %s", tenant.id, verdict.key.name)  # type: ignore[union-attr]
         response = self._redirect()
         self._cookie(response, request, token, SESSION_HOURS * 3600)
         return response
 
     async def logout(self, request: web.Request, tenant: Tenant, settings: Settings,
                      client_ip: str | None) -> web.StreamResponse:
+        refused = self._refuse(request, tenant)
+        if refused is not None:
+            return refused
         if not from_this_page(request, settings, tenant):
             return self._sign_in_page(tenant, "Sign out from the dashboard's own page.", 403)
-        session = await self._session(request, tenant)
+        found = await self._session(request, tenant)
         fields = await _form(request)
-        if session is not None:
+        if found is not None:
+            session, token = found
             if fields is None or not csrf_matches(session, fields.get("csrf")):
                 return self._sign_in_page(tenant, "The sign-out form was not this session's.", 403)
-            await self.sign_in.sign_out(request.cookies.get(COOKIE))
+            await self.sign_in.sign_out(token)
+            log.info("dashboard sign-out from tenant %s (key %s)", tenant.id, session.key_name)
         response = self._redirect()
         self._cookie(response, request, "", 0)
         return response
 
     async def report_csv(self, request: web.Request, tenant: Tenant, settings: Settings,
                          client_ip: str | None) -> web.StreamResponse:
+        refused = self._refuse(request, tenant)
+        if refused is not None:
+            return refused
         if await self._session(request, tenant) is None:
             return self._redirect()
         params = single_parameters(request, ("from", "to", "model"))
@@ -174,6 +219,18 @@ class DashboardRoutes:
 def _https(request: web.Request) -> bool:
     """The visitor's own scheme was HTTPS (directly, or as a trusted TLS proxy says)."""
     return request[CLIENT].https
+
+
+def _tokens(request: web.Request) -> list[str]:
+    """Every `halo_dashboard` value of the Cookie header(s), in order (a browser sends the most specific path
+    first), at most a few."""
+    found = []
+    for header in request.headers.getall("Cookie", ()):
+        for part in header.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep and name == COOKIE and value:
+                found.append(value.strip('"'))
+    return found[:MAX_COOKIE_VALUES]
 
 
 async def _form(request: web.Request) -> dict[str, str] | None:

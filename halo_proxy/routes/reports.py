@@ -62,7 +62,8 @@ class ReportRoutes:
             name = f"halotrack-{tenant.id}-{period.first}-{period.last}-{model}.csv"
             return web.Response(body=report_csv(report).encode("utf-8"),
                                 headers={"Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
-                                         "Content-Disposition": f'attachment; filename="{name}"'})
+                                         "Content-Disposition": f'attachment; filename="{name}"',
+                                         "X-Content-Type-Options": "nosniff"})
         return json_ok(200, report_json(report), headers={"Cache-Control": "no-store"})
 
 

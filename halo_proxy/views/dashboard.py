@@ -38,6 +38,9 @@ MATCHES = {
     "none": "not matched to any visit",
 }
 COLUMNS = ("source", "medium", "campaign", "channel", "conversions", "revenue")
+# The table shows this many rows at most (the CSV has them all): a page stays small and quick to render however
+# many campaign names reach the tenant.
+MAX_ROWS = 200
 _TEXT_COLUMNS = COLUMNS[:4]
 _PARAMS = {"from", "to", "model", "sort", "dir"}
 
@@ -93,6 +96,8 @@ def read_query(query: Mapping[str, Sequence[str]], today: date) -> Query:
             base.first if "to" not in values else last - timedelta(days=DEFAULT_DAYS - 1))
     except PeriodError as err:
         raise QueryError(err.field, err.detail) from None
+    except OverflowError:  # a month before the first day there is
+        raise QueryError("to", "to is outside the days that can be reported on.") from None
     if first > last:
         raise QueryError("from", "The first day must not be after the last.")
     if (last - first).days + 1 > MAX_DAYS:
@@ -259,7 +264,8 @@ def page(dashboard: Dashboard, query: Query, *, tenant_id: str, timezone: str, c
         "columns": columns,
         "rows": [{"source": r.source, "medium": r.medium, "campaign": r.campaign, "channel": r.channel,
                   "conversions": amount(r.conversions), "revenue": money(r.revenue, currency)}
-                 for r in _sorted_rows(report.rows, query)],
+                 for r in _sorted_rows(report.rows, query)[:MAX_ROWS]],
+        "more_rows": max(len(report.rows) - MAX_ROWS, 0),
         "latest": [_conversion(c, currency, zone) for c in dashboard.latest],
         "csv_href": "dashboard/report.csv?" + urlencode({"from": query.first.isoformat(),
                                                          "to": query.last.isoformat(), "model": query.model}),
