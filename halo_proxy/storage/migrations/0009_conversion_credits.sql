@@ -30,10 +30,6 @@ CREATE INDEX conversion_credits_report ON conversion_credits (tenant_id, model, 
     INCLUDE (source, medium, campaign, channel, kind, currency, conversions, revenue, days_to_convert);
 -- A conversion's credits: rewritten when it is credited again, deleted with it.
 CREATE INDEX conversion_credits_conversion ON conversion_credits (tenant_id, conversion_id);
--- How many touch keys there are together (a few hundred), not the product of each column's count: without it the
--- planner expects ~100,000 groups for a year, sorts 200,000 rows through temporary files and groups them; with
--- it, one hash aggregate in memory.
-CREATE STATISTICS conversion_credits_keys (ndistinct) ON source, medium, campaign, channel FROM conversion_credits;
 
 -- The version of the credit rules a conversion's credits were computed with (tracking/credit.py CREDIT_VERSION);
 -- NULL: not credited yet. That is every conversion stored before this migration, any stored by a process of an
