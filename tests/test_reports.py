@@ -257,6 +257,8 @@ async def test_a_report_only_key_reads_the_report(site, http):
     ("from=2026-11-01&to=2026-11-10&tenant=other", "unknown_field", "tenant"),
     ("from=%00&to=2026-11-10", "invalid_field", "from"),
     ("from=2026-11-01&to=9999-12-31", "invalid_field", "to"),
+    ("from=%ff%fe&to=2026-11-10", "invalid_field", "from"),
+    ("from=2026-11-01&to=2026-11-10&model=" + "x" * 5000, "invalid_field", "model"),
 ])
 async def test_bad_parameters_are_422_naming_them(site, http, query, code, field):
     status, _, body = await get_report(http, site, query)

@@ -182,3 +182,13 @@ async def test_bad_models_and_limits_are_refused(db_pool, tenant):
         with pytest.raises(ValueError, match="limit"):
             await reports.latest(tenant, period, limit)
     assert await reports.latest(tenant, period) == ()
+
+
+async def test_the_backlog_at_start_waits_for_the_schema_then_credits_everything(db_pool, tenant):
+    await seed(db_pool, tenant.id, n=0, old=12)
+    answers = iter([False, False, True])  # the schema is current at the third look
+    await Reports(db_pool).credit_backlog(lambda: next(answers), retry_s=0)
+    assert await db_pool.fetchval("SELECT count(*) FROM conversions WHERE tenant_id = $1 AND credits_version IS NULL",
+                                  tenant.id) == 0
+    assert await db_pool.fetchval("SELECT count(DISTINCT conversion_id) FROM conversion_credits WHERE tenant_id = $1",
+                                  tenant.id) == 12

@@ -211,7 +211,9 @@ values = st.one_of(st.none(), st.decimals(min_value=0, max_value=10**12, places=
 @PROPERTY
 @given(touches=touch_lists(), value=values)
 def test_credits_always_sum_to_one_and_to_the_value(touches, value):
-    for model, credits in credit_models(touches, converted_at=AT, value=value).items():
+    every = credit_models(touches, converted_at=AT, value=value)
+    assert every == {m: credit(m, touches, converted_at=AT, value=value) for m in MODELS}
+    for model, credits in every.items():
         assert sum(c.conversions for c in credits) == 1, model
         assert sum(c.revenue for c in credits) == (value or 0), model
         assert all(c.conversions >= 0 and c.revenue >= 0 for c in credits), model
