@@ -204,6 +204,52 @@ async def timed(fn, runs: int) -> tuple[float, object]:  # type: ignore[no-untyp
     return statistics.median(samples), result
 
 
+async def dashboard_page(pool: asyncpg.Pool, tenant_yaml: str, first: str, last: str,
+                         runs: int) -> tuple[float, float, int]:
+    """The dashboard page itself, as an operator's browser gets it: HaloTrack's app on a loopback port, signed in
+    with a `report` key, `GET /_halo/dashboard` for the period (median seconds of the year page, of the 30-day
+    page, and the year page's size in bytes)."""
+    import aiohttp
+    from aiohttp import web
+
+    from halo_proxy.app import create_app
+    from halo_proxy.crypto import KeyRing, generate_master_secret
+    from halo_proxy.metrics import Metrics
+    from halo_proxy.operators import key_digest, new_key
+
+    key = new_key()
+    text = tenant_yaml + f'    api_keys: [{{name: bench, sha256: "{key_digest(key)}", scopes: [report]}}]\n'
+    app = create_app(parse(text, "bench.yaml", {}), Metrics(), keys=KeyRing(generate_master_secret()), pool=pool,
+                     migrate=False)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    base = f"http://127.0.0.1:{port}"
+    host = {"Host": "bench.localhost"}
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            async with http.post(f"{base}/_halo/dashboard/login", data=f"key={key}", allow_redirects=False,
+                                 headers={**host, "Origin": "http://bench.localhost",
+                                          "Content-Type": "application/x-www-form-urlencoded"}) as resp:
+                token = resp.cookies["halo_dashboard"].value
+            cookie = {**host, "Cookie": f"halo_dashboard={token}"}
+
+            async def get(query: str) -> int:
+                async with http.get(f"{base}/_halo/dashboard?{query}", headers=cookie) as resp:
+                    body = await resp.read()
+                    assert resp.status == 200, resp.status
+                    return len(body)
+
+            year_s, size = await timed(lambda: get(f"from={first}&to={last}&model=linear"), runs)
+            month_first = (datetime.fromisoformat(last) - timedelta(days=29)).date().isoformat()
+            month_s, _ = await timed(lambda: get(f"from={month_first}&to={last}&model=linear"), runs)
+        return year_s, month_s, size  # type: ignore[return-value]
+    finally:
+        await runner.cleanup()
+
+
 async def explain(conn: asyncpg.Connection, period, model: str, *, seqscan: bool = True) -> list[str]:  # type: ignore[no-untyped-def]
     """The plan's scan and aggregate nodes, heap fetches and execution time, of the report query as the service
     runs it (a read-only transaction)."""
@@ -255,14 +301,15 @@ async def run(args: argparse.Namespace) -> int:
         sizes = {name: await conn.fetchval("SELECT pg_size_pretty(pg_relation_size($1::regclass))", name)
                  for name in ("conversion_credits", "conversion_credits_report", "conversions")}
 
-        tenant = parse(f"""
+        tenant_yaml = f"""
 tenants:
   - id: {TENANT}
     hosts: [bench.localhost]
     upstream: http://127.0.0.1:9
     currency: CZK
     timezone: Europe/Prague
-""", "bench.yaml", {}).tenants[0]
+"""
+        tenant = parse(tenant_yaml, "bench.yaml", {}).tenants[0]
         reports = Reports(pool)
         last = (YEAR_END - timedelta(days=1)).date()
         year = reports.period(tenant, YEAR_START.date(), last)
@@ -282,6 +329,8 @@ tenants:
         dashboard_s, dashboard = await timed(lambda: reports.dashboard(tenant, year, latest=20), args.runs)
         four_s, _ = await timed(four_calls, args.runs)
         dashboard_month_s, _ = await timed(lambda: reports.dashboard(tenant, month, latest=20), args.runs)
+        page_year_s, page_month_s, page_bytes = await dashboard_page(
+            pool, tenant_yaml, year.first.isoformat(), year.last.isoformat(), args.runs)
         plans = {
             "year": await explain(conn, year, "linear"),
             "year, sequential scans off": await explain(conn, year, "linear", seqscan=False),
@@ -313,6 +362,8 @@ tenants:
               f"30 days {ms(dashboard_month_s)}; the four calls one after another, year: {ms(four_s)}")
         print(f"  ({len(dashboard.daily)} days, {len(dashboard.channels)} channels, {len(dashboard.report.rows)} rows, "
               f"{len(dashboard.latest)} latest)")
+        print(f"dashboard page (GET /_halo/dashboard signed in, rendered, over loopback): year {ms(page_year_s)} "
+              f"({page_bytes / 1024:.0f} KB), 30 days {ms(page_month_s)} (target 1.5 s)")
         print()
         print("plans of the report query (linear; EXPLAIN ANALYZE, so slower than the service's own calls):")
         for name, lines in plans.items():
