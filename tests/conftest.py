@@ -138,3 +138,17 @@ async def db_pool(database: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+async def empty_tables(pool: asyncpg.Pool) -> None:
+    """Every table of HaloTrack's schema emptied (the record of applied migrations kept)."""
+    tables = [r["tablename"] for r in await pool.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")]
+    await pool.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+
+
+@pytest.fixture
+async def clean(db_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The test's database with every table empty."""
+    await empty_tables(db_pool)
+    return db_pool

@@ -44,11 +44,6 @@ tenants:
 """, "t.yaml", {})
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, events, identities, conversions, consent_changes, "
-                          "anon_events CASCADE")
-    return db_pool
 
 
 @pytest.fixture

@@ -70,10 +70,6 @@ def sign(body: bytes, t: int, secret: str = SECRET) -> str:
     return f"t={t},v1={mac}"
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, forward_attempts")
-    return db_pool
 
 
 @pytest.fixture

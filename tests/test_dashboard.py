@@ -43,11 +43,6 @@ from tests.upstream import create_upstream
 DAY = "from=2026-11-10&to=2026-11-10"
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, "
-                          "forward_attempts, events, consent_changes, privacy_audit, dashboard_sessions CASCADE")
-    return db_pool
 ORIGIN = {"Host": HOST, "Origin": f"http://{HOST}"}
 FORM = {**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"}
 

@@ -35,10 +35,6 @@ tenants:
 """, "t.yaml", {})
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, events, identities, conversions CASCADE")
-    return db_pool
 
 
 async def make_site(aiohttp_server, pool, burst: int = 50):  # type: ignore[no-untyped-def]

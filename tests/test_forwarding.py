@@ -96,10 +96,6 @@ async def fakes(aiohttp_server):
     return made
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards CASCADE")
-    return db_pool
 
 
 @pytest.fixture

@@ -33,11 +33,6 @@ SECRETS = [EMAIL, "eliska", "dvorakova", "Dvořáková", "602111222", "602 111 2
            "ken.tanaka@example.jp", "Tanaka", "9001002003"]
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, "
-                          "forward_attempts, events, consent_changes, privacy_audit CASCADE")
-    return db_pool
 
 
 @pytest.fixture

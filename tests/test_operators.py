@@ -54,11 +54,6 @@ tenants:
 """, "t.yaml", {})
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, "
-                          "forward_attempts, events, consent_changes, privacy_audit CASCADE")
-    return db_pool
 
 
 @pytest.fixture

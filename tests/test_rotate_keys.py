@@ -78,11 +78,6 @@ OLD_RING = KeyRing(TEST_SECRET)
 NEW_RING = KeyRing(NEW_SECRET, 2, previous={1: TEST_SECRET})
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, "
-                          "forward_attempts, events, consent_changes, privacy_audit CASCADE")
-    return db_pool
 
 
 async def _app(aiohttp_server, pool, ring, port_factory):  # type: ignore[no-untyped-def]

@@ -52,10 +52,6 @@ tenants:
 """, "t.yaml", {})
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events CASCADE")
-    return db_pool
 
 
 @pytest.fixture

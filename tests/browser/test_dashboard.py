@@ -33,11 +33,6 @@ PAGE = {"Accept": "text/html", "Sec-Fetch-Dest": "document",
         "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36"}
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, events, "
-                          "consent_changes, dashboard_sessions CASCADE")
-    return db_pool
 
 
 @pytest.fixture

@@ -25,11 +25,6 @@ from tests.procs import TEST_SECRET
 KEYS = KeyRing(TEST_SECRET)
 
 
-@pytest.fixture
-async def clean(db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, events, "
-                          "consent_changes CASCADE")
-    return db_pool
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ import aiohttp
 import pytest
 
 from halo_proxy.crypto import KeyRing
+from tests.conftest import empty_tables
 from tests.fakes.platforms import (
     OK,
     RATE_LIMITED,
@@ -201,8 +202,7 @@ async def until(condition, within: float, what: str):  # type: ignore[no-untyped
 
 async def test_a_reconciled_load_with_a_killed_worker_and_troubled_platforms(tmp_path, aiohttp_server, database,
                                                                              db_pool):
-    await db_pool.execute("TRUNCATE sessions, touches, anon_events, identities, conversions, forwards, "
-                          "forward_attempts, events, consent_changes CASCADE")
+    await empty_tables(db_pool)
     fakes = {"meta": FakeMeta(), "ga4": FakeGa4(), "google_ads": FakeDataManager(), "tiktok": FakeTikTok()}
     for fake in fakes.values():
         fake.base = await serve(aiohttp_server, fake)
