@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import UTC
 
-from .server import StartupError, load_keys, load_settings, open_database
+from .server import StartupError, database_settings, load_keys, load_settings, open_database
 
 
 def with_database(job, failure: str):  # type: ignore[no-untyped-def]
@@ -24,13 +24,14 @@ def with_database(job, failure: str):  # type: ignore[no-untyped-def]
     from .storage.errors import StorageError
 
     try:
+        cache = database_settings().statement_cache_size
         dsn, embedded = open_database()
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
         return None, 2
 
     async def run():  # type: ignore[no-untyped-def]
-        pool = await create_pool(dsn, min_size=1, max_size=2)
+        pool = await create_pool(dsn, min_size=1, max_size=2, statement_cache_size=cache)
         try:
             return await job(pool)
         finally:

@@ -20,7 +20,7 @@ import asyncpg
 from aiohttp import web
 
 from . import config as config_mod
-from .config import ConfigError, Settings
+from .config import ConfigError, DatabaseSettings, Settings
 from .crypto import KeyRing
 from .edge import site
 from .edge.admission import setup_client_address, setup_tenancy
@@ -121,14 +121,17 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def pool_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # type: ignore[no-untyped-def]
-    """The database pool: the one given (the caller closes it), or one made from `dsn` and closed here.
+def pool_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool,  # type: ignore[no-untyped-def]
+             database: DatabaseSettings):
+    """The database pool: the one given (the caller closes it), or one made from `dsn` and closed here, of
+    `database.pool_size` connections at most with its statement cache.
 
     min_size=0: no connection is needed to start, so a database that is down does not stop the proxy: pages are
     served, writes queue up, readyz says 503."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        the_pool = pool if pool is not None else await create_pool(dsn, min_size=0, max_size=32)
+        the_pool = pool if pool is not None else await create_pool(
+            dsn, min_size=0, max_size=database.pool_size, statement_cache_size=database.statement_cache_size)
         app[DATABASE] = Database(the_pool, migrated=not migrate)
         yield
         if pool is None:
@@ -289,6 +292,7 @@ def create_app(
     pool: asyncpg.Pool | None = None,
     migrate: bool = True,
     clock: Clock = utc_now,
+    database: DatabaseSettings | None = None,
 ) -> web.Application:
     """Build the app. Without `keys` and a database (`dsn` or `pool`) it is a plain proxy with no tracking."""
     client = settings.server.client
@@ -317,8 +321,8 @@ def create_app(
     app.cleanup_ctx.append(upstream_ctx)
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
-        app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate), migrations_ctx, write_queue_ctx, delivery_ctx,
-                                services_ctx, credits_ctx, retention_ctx])
+        app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate, database or DatabaseSettings()), migrations_ctx,
+                                write_queue_ctx, delivery_ctx, services_ctx, credits_ctx, retention_ctx])
         app.on_startup.append(_warm_parsers)
 
     # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,

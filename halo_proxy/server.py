@@ -60,9 +60,24 @@ def data_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
     return env.get("HALO_DATA_DIR") or ".halo"
 
 
+def secret_env(name: str) -> str:
+    """A secret from the environment: `NAME` when set, else the contents of the file `NAME_FILE` names (a mounted
+    Docker or Kubernetes secret), stripped; "" when neither is set."""
+    value = os.environ.get(name, "")
+    path = os.environ.get(f"{name}_FILE", "")
+    if value or not path:
+        return value
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise StartupError(f"{name}_FILE={path} cannot be read: {reason}") from err
+
+
 def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
-    """The key ring from HALO_SECRET_KEY (version HALO_KEY_VERSION) and HALO_PREVIOUS_SECRET_KEYS. Unset:
-    `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
+    """The key ring from HALO_SECRET_KEY (version HALO_KEY_VERSION) and HALO_PREVIOUS_SECRET_KEYS, each also from
+    a file (`secret_env`). Unset: `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
     from pathlib import Path
 
     from .crypto import (
@@ -73,7 +88,7 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
         parse_previous_secrets,
     )
 
-    text = os.environ.get("HALO_SECRET_KEY")
+    text = secret_env("HALO_SECRET_KEY")
     if not text and generate:
         path = Path(data_dir()) / SECRET_FILE
         if not path.exists():
@@ -84,7 +99,8 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
         text = path.read_text().strip()
     if not text:
         raise StartupError(
-            "HALO_SECRET_KEY is not set. Set it to at least 32 random bytes, hex or base64, for example:\n"
+            "HALO_SECRET_KEY is not set (nor HALO_SECRET_KEY_FILE). Set it to at least 32 random bytes, hex or "
+            "base64, for example:\n"
             "  export HALO_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')\n"
             "Keep it safe: cookies, IP hashes and encrypted personal data depend on it.")
     version_text = os.environ.get("HALO_KEY_VERSION", "1")
@@ -98,15 +114,27 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
     except CryptoError as err:
         raise StartupError(f"HALO_SECRET_KEY or HALO_KEY_VERSION is invalid: {err}") from err
     try:
-        previous = parse_previous_secrets(os.environ.get("HALO_PREVIOUS_SECRET_KEYS", ""), version)
+        previous = parse_previous_secrets(secret_env("HALO_PREVIOUS_SECRET_KEYS"), version)
     except CryptoError as err:
         raise StartupError(f"HALO_PREVIOUS_SECRET_KEYS is invalid: {err}") from err
     return KeyRing(master, current_version=version, previous=previous) if previous else ring
 
 
+def database_settings():  # type: ignore[no-untyped-def]
+    """HALO_DATABASE_POOL_SIZE and HALO_DATABASE_STATEMENT_CACHE, checked (StartupError naming the variable)."""
+    from .config import ConfigError
+    from .config import database_settings as read
+
+    try:
+        return read(os.environ)
+    except ConfigError as err:
+        raise StartupError("; ".join(err.errors)) from err
+
+
 def open_database():  # type: ignore[no-untyped-def]
-    """(DSN, embedded server or None). HALO_DATABASE_URL wins; else an embedded PostgreSQL under HALO_DATA_DIR."""
-    dsn = os.environ.get("HALO_DATABASE_URL")
+    """(DSN, embedded server or None). HALO_DATABASE_URL (or HALO_DATABASE_URL_FILE) wins; else an embedded
+    PostgreSQL under HALO_DATA_DIR."""
+    dsn = secret_env("HALO_DATABASE_URL")
     if dsn:
         return dsn, None
     from .storage.embedded import EmbeddedPostgres
@@ -133,12 +161,13 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
         return 2
     try:
         keys = load_keys(generate=generate_secret)
+        database = database_settings()
         dsn, embedded = await asyncio.to_thread(open_database)
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
         return 2
     try:
-        return await _serve_app(create_app(settings, Metrics(), keys=keys, dsn=dsn), settings, host, port,
+        return await _serve_app(create_app(settings, Metrics(), keys=keys, dsn=dsn, database=database), settings, host, port,
                                 metrics_port, serve_metrics, ready, sock)
     finally:
         if embedded is not None:
@@ -270,6 +299,7 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
         return run_loop(run_worker(config_path, host, port, metrics_port))
     try:
         load_keys(generate=False)  # refuse early, before any worker starts
+        database_settings()
         dsn, embedded = open_database()  # one server for all workers, stopped after the last one exits
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
@@ -441,7 +471,8 @@ async def release_dead_worker(pid: int) -> None:
     if not dsn:
         return
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
+        conn = await asyncpg.connect(dsn, timeout=5,
+                                     statement_cache_size=database_settings().statement_cache_size)
         try:
             released = await outbox.release_process(conn, socket.gethostname(), pid, datetime.now(UTC))
         finally:
