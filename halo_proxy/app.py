@@ -232,6 +232,26 @@ async def credits_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+READY_EVERY_S = 2.0  # halo_ready is at most this old
+
+
+async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
+    """halo_ready kept to what readyz would answer, so that an alert needs no prober of its own."""
+    gauge = app[METRICS].ready
+
+    async def watch() -> None:
+        while True:
+            reason = await health.unready_reason(app.get(DATABASE), app[STOPPING].draining)
+            gauge.set(0 if reason else 1)
+            await asyncio.sleep(READY_EVERY_S)
+
+    task = asyncio.create_task(watch(), name="halo-readiness")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    gauge.set(0)
+
+
 async def _migrate(database: Database) -> bool:
     try:
         applied = await migrations.apply(database.pool)
@@ -271,6 +291,7 @@ def reload_config(app: web.Application, path: str | None = None) -> bool:
     except ConfigError as err:
         holder.last_errors = err.errors
         metrics.config_reloads.labels(outcome="error").inc()
+        metrics.config_reload_ok.set(0)
         log.error("config reload failed, keeping the previous config:\n%s", "\n".join(err.errors))
         return False
     if new.server.reserved_prefix != holder.current.server.reserved_prefix:
@@ -279,6 +300,7 @@ def reload_config(app: web.Application, path: str | None = None) -> bool:
     holder.reloads += 1
     holder.last_errors = []
     metrics.config_reloads.labels(outcome="ok").inc()
+    metrics.config_reload_ok.set(1)
     log.info("config reloaded: %s", new.summary())
     return True
 
@@ -324,6 +346,7 @@ def create_app(
         app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate, database or DatabaseSettings()), migrations_ctx,
                                 write_queue_ctx, delivery_ctx, services_ctx, credits_ctx, retention_ctx])
         app.on_startup.append(_warm_parsers)
+    app.cleanup_ctx.append(readiness_ctx)
 
     # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,
     # outermost first:
