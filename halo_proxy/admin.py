@@ -169,3 +169,30 @@ def purge(config_path: str, dry_run: bool) -> int:
     for tenant_id, counts in found.items():
         print(f"{tenant_id}: {verb} " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     return 0
+
+
+def healthcheck(config_path: str, host: str, port: int, *, ready: bool = False, timeout_s: float = 2.0) -> int:
+    """`halo-proxy healthcheck`: GET healthz (or readyz) under the tenant file's reserved prefix on this host's
+    proxy; 0 when it answers 200, else 1 with the reason (a container's HEALTHCHECK, a probe's exec)."""
+    import urllib.error
+    import urllib.request
+
+    settings = load_settings(config_path)
+    if settings is None:
+        return 2
+    probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    netloc = f"[{probe_host}]" if ":" in probe_host else probe_host
+    url = f"http://{netloc}:{port}{settings.server.reserved_prefix}/{'readyz' if ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a fixed http URL
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        print(f"halo-proxy: {url}: {reason}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"halo-proxy: {url} answered {status}", file=sys.stderr)
+        return 1
+    return 0

@@ -149,7 +149,7 @@ def open_database():  # type: ignore[no-untyped-def]
 
 async def run_worker(config_path: str, host: str, port: int, metrics_port: int, *, serve_metrics: bool = True,
                      ready: multiprocessing.synchronize.Event | None = None, generate_secret: bool = False,
-                     sock: socket.socket | None = None) -> int:
+                     sock: socket.socket | None = None, watch_s: float = 0.0) -> int:
     """One proxy process. It binds `host:port` itself (no SO_REUSEPORT: a second proxy on the same port fails
     with a clear message), or serves `sock`, the listening socket its supervisor bound for all its workers."""
 
@@ -167,8 +167,8 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
         print(f"halo-proxy: {err}", file=sys.stderr)
         return 2
     try:
-        return await _serve_app(create_app(settings, Metrics(), keys=keys, dsn=dsn, database=database), settings, host, port,
-                                metrics_port, serve_metrics, ready, sock)
+        app = create_app(settings, Metrics(), keys=keys, dsn=dsn, database=database)
+        return await _serve_app(app, settings, host, port, metrics_port, serve_metrics, ready, sock, watch_s)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -176,7 +176,7 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
 
 async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # type: ignore[no-untyped-def]
                      serve_metrics: bool, ready: multiprocessing.synchronize.Event | None,
-                     sock: socket.socket | None = None) -> int:
+                     sock: socket.socket | None = None, watch_s: float = 0.0) -> int:
     from aiohttp import web
 
     from .app import METRICS, STOPPING, WORKER, create_metrics_app, reload_config
@@ -216,10 +216,14 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     loop.add_signal_handler(signal.SIGHUP, reload_config, app)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    watcher = (asyncio.create_task(watch_config(settings.path, watch_s, lambda: os.kill(os.getpid(), signal.SIGHUP)),
+                                   name="halo-config-watch") if watch_s else None)
     log.info("halo-proxy pid %d serving %s on http://%s:%d", os.getpid(), settings.summary(), host, port)
     if ready is not None:
         ready.set()
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     # The stop is bounded by server.stop.timeout_s; a repeated SIGTERM must not cut it short mid-response.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
@@ -245,6 +249,28 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
                   os.getpid(), stopping.abandoned)
         return EXIT_ABANDONED
     return 0
+
+
+def _file_stamp(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a Kubernetes ConfigMap volume swaps the one its files go through
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+async def watch_config(path: str, every_s: float, changed) -> None:  # type: ignore[no-untyped-def]
+    """Call `changed()` (which sends SIGHUP) each time the tenant file is rewritten or replaced, looking every
+    `every_s` seconds. A file caught half-written fails its reload and keeps the old config; the write's end
+    changes the file again, and the next look reloads it."""
+    last = _file_stamp(path)
+    while True:
+        await asyncio.sleep(every_s)
+        now = _file_stamp(path)
+        if now != last and now is not None:
+            log.info("%s changed; reloading it", path)
+            changed()
+        last = now
 
 
 def request_drain_s(stop) -> float:  # type: ignore[no-untyped-def]
@@ -291,12 +317,14 @@ def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing
     sys.exit(code)
 
 
-def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
+def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int, watch_s: float = 0.0) -> int:
+    """`halo-proxy serve`. `watch_s` > 0: the tenant file is also reloaded when it changes (looked at every
+    `watch_s` seconds), as on SIGHUP."""
     settings = load_settings(config_path)
     if settings is None:  # fail early, before any process starts
         return 2
     if workers == 1:
-        return run_loop(run_worker(config_path, host, port, metrics_port))
+        return run_loop(run_worker(config_path, host, port, metrics_port, watch_s=watch_s))
     try:
         load_keys(generate=False)  # refuse early, before any worker starts
         database_settings()
@@ -314,7 +342,8 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
             return 1
         try:
             # The stop limit the workers start with (a reload does not change a stop already promised).
-            return _supervise(config_path, host, port, metrics_port, workers, socks, settings.server.stop.timeout_s)
+            return _supervise(config_path, host, port, metrics_port, workers, socks, settings.server.stop.timeout_s,
+                              watch_s)
         finally:
             for sock in socks:
                 sock.close()
@@ -347,7 +376,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 def _supervise(config_path: str, host: str, port: int, metrics_port: int, workers: int,
-               socks: list[socket.socket], stop_timeout_s: float) -> int:
+               socks: list[socket.socket], stop_timeout_s: float, watch_s: float = 0.0) -> int:
     # Multiprocess metrics: every worker writes its samples under this directory. It must be set before
     # prometheus_client is first imported in this process and its children.
     metrics_dir = tempfile.mkdtemp(prefix="halo-metrics-")
@@ -384,13 +413,15 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
             shutil.rmtree(metrics_dir, ignore_errors=True)
             return 1
     try:
-        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, stop_timeout_s))
+        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, stop_timeout_s,
+                                            config_path, watch_s))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,  # type: ignore[no-untyped-def]
-                           stopping: threading.Event, stop_timeout_s: float) -> int:
+                           stopping: threading.Event, stop_timeout_s: float, config_path: str = "",
+                           watch_s: float = 0.0) -> int:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess as prom_mp
@@ -418,6 +449,8 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 os.kill(proc.pid, sig)
 
     loop.add_signal_handler(signal.SIGHUP, forward, signal.SIGHUP)
+    watcher = (asyncio.create_task(watch_config(config_path, watch_s, lambda: forward(signal.SIGHUP)),
+                                   name="halo-config-watch") if watch_s else None)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if stopping.is_set():
@@ -440,6 +473,8 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
+    if watcher is not None:
+        watcher.cancel()
     forward(signal.SIGTERM)
     limit = stop_timeout_s + 5
     deadline = time.monotonic() + limit
