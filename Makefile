@@ -28,10 +28,10 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
-# The deployment tests (tests/deploy/) run Debian's pgbouncer and prometheus (with promtool): installed here when
-# missing, like chromium.
-DEPLOY_TOOLS ?= /usr/sbin/pgbouncer /usr/bin/prometheus /usr/bin/promtool
-DEPLOY_PACKAGES ?= pgbouncer prometheus
+# The deployment tests (tests/deploy/) run Debian's pgbouncer, prometheus (with promtool), haproxy and systemd's
+# offline checks: installed here when missing, like chromium.
+DEPLOY_TOOLS ?= /usr/sbin/pgbouncer /usr/bin/prometheus /usr/bin/promtool /usr/sbin/haproxy /usr/bin/systemd-analyze
+DEPLOY_PACKAGES ?= pgbouncer prometheus haproxy systemd
 deploy-tools:
 	@missing=; for tool in $(DEPLOY_TOOLS); do test -x $$tool || missing=1; done; \
 	test -z "$$missing" || { echo "make: installing Debian's $(DEPLOY_PACKAGES) for the deployment tests"; \
