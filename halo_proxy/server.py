@@ -1,7 +1,8 @@
 """Process model: one worker in-process, or a supervisor with N workers sharing the port (SO_REUSEPORT among
 themselves only: a second proxy on the same port fails with a clear message).
 
-Signals: SIGHUP reloads the tenant file (a bad file keeps the old config); SIGTERM and SIGINT stop within
+Signals: SIGHUP reloads the tenant file (a bad file keeps the old config; with `watch_s` a change of the file
+sends it too); SIGTERM and SIGINT stop within
 `server.stop.timeout_s`: readyz answers 503 for `server.stop.drain_s`, the listener closes, requests in flight and
 the sends in flight finish; exit 0, or 3 when forwards had to be released unsent (another process sends them). With several workers the supervisor forwards signals, restarts a worker that dies,
 and serves /metrics aggregated over all workers (prometheus_client's multiprocess mode).
