@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-slow audit browser bench lint clean
+.PHONY: run test test-slow audit browser deploy-tools bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/halo-proxy demo $(ARGS)
 
-test: $(STAMP) audit browser
+test: $(STAMP) audit browser deploy-tools
 	$(BIN)/python -m pytest
 
 # The reconciled load test: two proxy processes under mixed traffic, a worker killed, everything accounted for.
@@ -31,6 +31,16 @@ browser:
 	@test -x $(CHROMIUM) || { echo "make: installing Debian's chromium for the browser tests"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+# The deployment tests (tests/deploy/) run Debian's pgbouncer, prometheus (with promtool), haproxy and systemd's
+# offline checks: installed here when missing, like chromium.
+DEPLOY_TOOLS ?= /usr/sbin/pgbouncer /usr/bin/prometheus /usr/bin/promtool /usr/sbin/haproxy /usr/bin/systemd-analyze
+DEPLOY_PACKAGES ?= pgbouncer prometheus haproxy systemd
+deploy-tools:
+	@missing=; for tool in $(DEPLOY_TOOLS); do test -x $$tool || missing=1; done; \
+	test -z "$$missing" || { echo "make: installing Debian's $(DEPLOY_PACKAGES) for the deployment tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; }
 
 # Known vulnerabilities in the installed pins fail the build; `make audit ARGS=--strict` also fails when the
 # vulnerability service cannot be reached.

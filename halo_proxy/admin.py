@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import UTC
 
-from .server import StartupError, load_keys, load_settings, open_database
+from .server import StartupError, database_settings, load_keys, load_settings, open_database
 
 
 def with_database(job, failure: str):  # type: ignore[no-untyped-def]
@@ -24,13 +24,14 @@ def with_database(job, failure: str):  # type: ignore[no-untyped-def]
     from .storage.errors import StorageError
 
     try:
+        cache = database_settings().statement_cache_size
         dsn, embedded = open_database()
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
         return None, 2
 
     async def run():  # type: ignore[no-untyped-def]
-        pool = await create_pool(dsn, min_size=1, max_size=2)
+        pool = await create_pool(dsn, min_size=1, max_size=2, statement_cache_size=cache)
         try:
             return await job(pool)
         finally:
@@ -167,4 +168,31 @@ def purge(config_path: str, dry_run: bool) -> int:
     verb = "would delete" if dry_run else "deleted"
     for tenant_id, counts in found.items():
         print(f"{tenant_id}: {verb} " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return 0
+
+
+def healthcheck(config_path: str, host: str, port: int, *, ready: bool = False, timeout_s: float = 2.0) -> int:
+    """`halo-proxy healthcheck`: GET healthz (or readyz) under the tenant file's reserved prefix on this host's
+    proxy; 0 when it answers 200, else 1 with the reason (a container's HEALTHCHECK, a probe's exec)."""
+    import urllib.error
+    import urllib.request
+
+    settings = load_settings(config_path)
+    if settings is None:
+        return 2
+    probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    netloc = f"[{probe_host}]" if ":" in probe_host else probe_host
+    url = f"http://{netloc}:{port}{settings.server.reserved_prefix}/{'readyz' if ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a fixed http URL
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        print(f"halo-proxy: {url}: {reason}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"halo-proxy: {url} answered {status}", file=sys.stderr)
+        return 1
     return 0

@@ -20,7 +20,7 @@ import asyncpg
 from aiohttp import web
 
 from . import config as config_mod
-from .config import ConfigError, Settings
+from .config import ConfigError, DatabaseSettings, Settings
 from .crypto import KeyRing
 from .edge import site
 from .edge.admission import setup_client_address, setup_tenancy
@@ -121,14 +121,17 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def pool_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool):  # type: ignore[no-untyped-def]
-    """The database pool: the one given (the caller closes it), or one made from `dsn` and closed here.
+def pool_ctx(dsn: str | None, pool: asyncpg.Pool | None, migrate: bool,  # type: ignore[no-untyped-def]
+             database: DatabaseSettings):
+    """The database pool: the one given (the caller closes it), or one made from `dsn` and closed here, of
+    `database.pool_size` connections at most with its statement cache.
 
     min_size=0: no connection is needed to start, so a database that is down does not stop the proxy: pages are
     served, writes queue up, readyz says 503."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        the_pool = pool if pool is not None else await create_pool(dsn, min_size=0, max_size=32)
+        the_pool = pool if pool is not None else await create_pool(
+            dsn, min_size=0, max_size=database.pool_size, statement_cache_size=database.statement_cache_size)
         app[DATABASE] = Database(the_pool, migrated=not migrate)
         yield
         if pool is None:
@@ -229,6 +232,26 @@ async def credits_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+READY_EVERY_S = 2.0  # halo_ready is at most this old
+
+
+async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
+    """halo_ready kept to what readyz would answer, so that an alert needs no prober of its own."""
+    gauge = app[METRICS].ready
+
+    async def watch() -> None:
+        while True:
+            reason = await health.unready_reason(app.get(DATABASE), app[STOPPING].draining)
+            gauge.set(0 if reason else 1)
+            await asyncio.sleep(READY_EVERY_S)
+
+    task = asyncio.create_task(watch(), name="halo-readiness")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    gauge.set(0)
+
+
 async def _migrate(database: Database) -> bool:
     try:
         applied = await migrations.apply(database.pool)
@@ -268,6 +291,7 @@ def reload_config(app: web.Application, path: str | None = None) -> bool:
     except ConfigError as err:
         holder.last_errors = err.errors
         metrics.config_reloads.labels(outcome="error").inc()
+        metrics.config_reload_ok.set(0)
         log.error("config reload failed, keeping the previous config:\n%s", "\n".join(err.errors))
         return False
     if new.server.reserved_prefix != holder.current.server.reserved_prefix:
@@ -276,6 +300,7 @@ def reload_config(app: web.Application, path: str | None = None) -> bool:
     holder.reloads += 1
     holder.last_errors = []
     metrics.config_reloads.labels(outcome="ok").inc()
+    metrics.config_reload_ok.set(1)
     log.info("config reloaded: %s", new.summary())
     return True
 
@@ -289,6 +314,7 @@ def create_app(
     pool: asyncpg.Pool | None = None,
     migrate: bool = True,
     clock: Clock = utc_now,
+    database: DatabaseSettings | None = None,
 ) -> web.Application:
     """Build the app. Without `keys` and a database (`dsn` or `pool`) it is a plain proxy with no tracking."""
     client = settings.server.client
@@ -317,9 +343,10 @@ def create_app(
     app.cleanup_ctx.append(upstream_ctx)
     if keys is not None and (dsn is not None or pool is not None):
         app[KEYS] = keys
-        app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate), migrations_ctx, write_queue_ctx, delivery_ctx,
-                                services_ctx, credits_ctx, retention_ctx])
+        app.cleanup_ctx.extend([pool_ctx(dsn, pool, migrate, database or DatabaseSettings()), migrations_ctx,
+                                write_queue_ctx, delivery_ctx, services_ctx, credits_ctx, retention_ctx])
         app.on_startup.append(_warm_parsers)
+    app.cleanup_ctx.append(readiness_ctx)
 
     # HaloTrack's own routes: a sub-application under the reserved prefix, never forwarded. Its middlewares,
     # outermost first:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+
+SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8080, "metrics_port": 9102, "workers": 1, "watch_config": 0.0}
+SERVE_ENV = {"config": "HALO_CONFIG", "host": "HALO_HOST", "port": "HALO_PORT", "metrics_port": "HALO_METRICS_PORT",
+             "workers": "HALO_WORKERS", "watch_config": "HALO_WATCH_CONFIG_S"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,12 +22,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # serve's options also come from the environment (a container's settings), an option given winning.
     serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", required=True, help="tenant YAML file")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--metrics-port", type=int, default=9102, help="Prometheus /metrics port (0 disables)")
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--config", help="tenant YAML file (HALO_CONFIG)")
+    serve.add_argument("--host", help=f"listen address (HALO_HOST, default {SERVE_DEFAULTS['host']})")
+    serve.add_argument("--port", type=int, help=f"proxy port (HALO_PORT, default {SERVE_DEFAULTS['port']})")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics port, 0 disables "
+                       f"(HALO_METRICS_PORT, default {SERVE_DEFAULTS['metrics_port']})")
+    serve.add_argument("--workers", type=int, help="processes sharing the port, SO_REUSEPORT "
+                       f"(HALO_WORKERS, default {SERVE_DEFAULTS['workers']})")
+    serve.add_argument("--watch-config", type=float, metavar="SECONDS",
+                       help="also reload the tenant file when it changes, looking every SECONDS "
+                       "(HALO_WATCH_CONFIG_S; default 0: only on SIGHUP)")
+
+    health = sub.add_parser("healthcheck", help="exit 0 when this host's proxy answers healthz (or readyz)")
+    health.add_argument("--config", help="tenant YAML file, for the reserved prefix (HALO_CONFIG)")
+    health.add_argument("--host", help="the proxy's listen address (HALO_HOST); 0.0.0.0 and :: probe loopback")
+    health.add_argument("--port", type=int, help="the proxy's port (HALO_PORT)")
+    health.add_argument("--ready", action="store_true", help="ask readyz instead of healthz")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds before giving up (default 2)")
 
     check = sub.add_parser("check-config", help="validate the tenant YAML")
     check.add_argument("--config", required=True)
@@ -63,8 +81,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _from_env(args: argparse.Namespace) -> str | None:
+    """Fill serve's (and healthcheck's) options left out from their variables, then the defaults; the problem,
+    if a variable is not a valid value."""
+    for name, variable in SERVE_ENV.items():
+        if getattr(args, name, False) is not None:
+            continue
+        text = os.environ.get(variable, "").strip()
+        kind = type(SERVE_DEFAULTS.get(name, ""))
+        if not text:
+            setattr(args, name, SERVE_DEFAULTS.get(name))
+            continue
+        try:
+            setattr(args, name, kind(text))
+        except ValueError:
+            return f"{variable} must be {'a whole number' if kind is int else 'a number'}, not {text!r}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("serve", "healthcheck"):
+        problem = _from_env(args)
+        if problem is None and not args.config:
+            problem = "--config (or HALO_CONFIG) is required"
+        if problem is not None:
+            print(f"halo-proxy: {problem}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "check-config":
         from .server import load_settings
@@ -80,7 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             print("halo-proxy: --workers must be at least 1", file=sys.stderr)
             return 2
-        return serve(args.config, args.host, args.port, args.metrics_port, args.workers)
+        if args.watch_config < 0:
+            print("halo-proxy: --watch-config must be 0 (off) or more seconds", file=sys.stderr)
+            return 2
+        return serve(args.config, args.host, args.port, args.metrics_port, args.workers, args.watch_config)
+    if args.command == "healthcheck":
+        from .admin import healthcheck
+
+        return healthcheck(args.config, args.host, args.port, ready=args.ready, timeout_s=args.timeout)
     if args.command == "migrate":
         from .admin import migrate
 

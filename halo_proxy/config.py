@@ -2,7 +2,8 @@
 
 This module is the only home of defaults. Every error names the file, the tenant and the field, as
 `PATH:tenant[ID].field: message`, so an operator can fix a whole file in one pass. `${VAR}` in string values
-is read from the environment passed in (never at import time); a missing variable is an error naming it.
+is read from the environment passed in (never at import time), or from the file `VAR_FILE` names (a mounted
+secret); a missing variable is an error naming it.
 """
 
 from __future__ import annotations
@@ -193,6 +194,18 @@ class ClientSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """How each process uses PostgreSQL (HALO_DATABASE_URL). Read from the environment at start
+    (`database_settings`), not from the tenant file: the admin commands, which take no tenant file, need it too."""
+
+    pool_size: int = 32  # connections one process opens at most (HALO_DATABASE_POOL_SIZE)
+    # Prepared statements kept per connection (HALO_DATABASE_STATEMENT_CACHE). 0 behind PgBouncer in transaction
+    # mode, whose server connections change between transactions: a statement prepared on one is missing on the
+    # next.
+    statement_cache_size: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     reserved_prefix: str = "/_halo"
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -262,12 +275,29 @@ class _Reader:
         if not isinstance(value, str) or "${" not in value:
             return value
 
-        missing = [name for name in ENV_RE.findall(value) if name not in self.env]
-        if missing:
-            for name in missing:
-                self.error(where, f"environment variable {name} is not set")
+        found: dict[str, str] = {}
+        for name in ENV_RE.findall(value):
+            text = self._variable(where, name)
+            if text is not None:
+                found[name] = text
+        if len(found) < len(set(ENV_RE.findall(value))):
             return _MISSING
-        return ENV_RE.sub(lambda match: self.env[match.group(1)], value)
+        return ENV_RE.sub(lambda match: found[match.group(1)], value)
+
+    def _variable(self, where: str, name: str) -> str | None:
+        """`${NAME}`: the variable NAME, else the contents of the file that NAME_FILE names (a mounted secret)."""
+        if name in self.env:
+            return self.env[name]
+        path = self.env.get(f"{name}_FILE")
+        if not path:
+            self.error(where, f"environment variable {name} is not set")
+            return None
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            self.error(where, f"{name}_FILE={path} cannot be read: {reason}")
+            return None
 
     def section(self, where: str, raw: Any, known: set[str]) -> dict[str, Any] | None:
         """A mapping with only known keys (unknown keys are errors), values with ${VAR} expanded."""
@@ -734,6 +764,32 @@ def parse(text: str, path: str, env: Mapping[str, str]) -> Settings:
     wildcards.sort(key=lambda item: len(item[0]), reverse=True)
     return Settings(path=path, server=server, tenants=tuple(tenants), _exact=MappingProxyType(exact),
                     _wildcards=tuple(wildcards))
+
+
+_DATABASE_ENV = (("HALO_DATABASE_POOL_SIZE", "pool_size", 1, 1000),
+                 ("HALO_DATABASE_STATEMENT_CACHE", "statement_cache_size", 0, 100_000))
+
+
+def database_settings(env: Mapping[str, str]) -> DatabaseSettings:
+    """The database settings from `env` (HALO_DATABASE_POOL_SIZE, HALO_DATABASE_STATEMENT_CACHE); unset or empty
+    keeps the default. Raises ConfigError naming each bad variable."""
+    values: dict[str, int] = {}
+    errors: list[str] = []
+    for name, attr, low, high in _DATABASE_ENV:
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            errors.append(f"{name}: must be a whole number from {low} to {high}, not {text!r}")
+            continue
+        values[attr] = value
+    if errors:
+        raise ConfigError(errors)
+    return DatabaseSettings(**values)
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:

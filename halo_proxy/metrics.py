@@ -32,6 +32,16 @@ class Metrics:
             "halo_upstream_errors_total", "Upstream failures by kind.", ["tenant", "kind"], registry=r)
         self.config_reloads = Counter(
             "halo_config_reloads_total", "Tenant file reloads by outcome.", ["outcome"], registry=r)
+        # 1 while the tenant file last read was valid (the process would not have started otherwise), 0 once a
+        # reload failed and the process serves an older config. Over workers: the lowest.
+        self.config_reload_ok = Gauge(
+            "halo_config_last_reload_successful", "Whether the last tenant file reload succeeded (1) or not (0).",
+            registry=r, multiprocess_mode="livemin")
+        self.config_reload_ok.set(1)
+        # What readyz would answer now (1: 200, 0: 503), kept current in the background. Over workers: the lowest.
+        self.ready = Gauge(
+            "halo_ready", "Whether this process is ready for traffic (readyz answers 200).", registry=r,
+            multiprocess_mode="livemin")
         # Visitor connections and requests refused at the trust boundary.
         self.connections_open = Gauge(
             "halo_connections_open", "Visitor connections open now.", registry=r, multiprocess_mode="livesum")
@@ -106,6 +116,8 @@ class Metrics:
             self.connection_timeouts.labels(kind=kind)
         for outcome in ("ok", "error"):
             self.config_reloads.labels(outcome=outcome)
+        for op in ("visits", "anon_events"):
+            self.storage_errors.labels(op=op)
         for reason in ("missing_key", "invalid_key", "wrong_tenant", "missing_scope", "rate_limited"):
             self.operator_auth_failures.labels(reason=reason)
         # Children of labelled metrics used on every request, looked up once per label set. Label values come

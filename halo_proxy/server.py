@@ -1,7 +1,8 @@
 """Process model: one worker in-process, or a supervisor with N workers sharing the port (SO_REUSEPORT among
 themselves only: a second proxy on the same port fails with a clear message).
 
-Signals: SIGHUP reloads the tenant file (a bad file keeps the old config); SIGTERM and SIGINT stop within
+Signals: SIGHUP reloads the tenant file (a bad file keeps the old config; with `watch_s` a change of the file
+sends it too); SIGTERM and SIGINT stop within
 `server.stop.timeout_s`: readyz answers 503 for `server.stop.drain_s`, the listener closes, requests in flight and
 the sends in flight finish; exit 0, or 3 when forwards had to be released unsent (another process sends them). With several workers the supervisor forwards signals, restarts a worker that dies,
 and serves /metrics aggregated over all workers (prometheus_client's multiprocess mode).
@@ -60,9 +61,24 @@ def data_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
     return env.get("HALO_DATA_DIR") or ".halo"
 
 
+def secret_env(name: str) -> str:
+    """A secret from the environment: `NAME` when set, else the contents of the file `NAME_FILE` names (a mounted
+    Docker or Kubernetes secret), stripped; "" when neither is set."""
+    value = os.environ.get(name, "")
+    path = os.environ.get(f"{name}_FILE", "")
+    if value or not path:
+        return value
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise StartupError(f"{name}_FILE={path} cannot be read: {reason}") from err
+
+
 def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
-    """The key ring from HALO_SECRET_KEY (version HALO_KEY_VERSION) and HALO_PREVIOUS_SECRET_KEYS. Unset:
-    `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
+    """The key ring from HALO_SECRET_KEY (version HALO_KEY_VERSION) and HALO_PREVIOUS_SECRET_KEYS, each also from
+    a file (`secret_env`). Unset: `demo` generates one once under HALO_DATA_DIR; `serve` refuses."""
     from pathlib import Path
 
     from .crypto import (
@@ -73,7 +89,7 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
         parse_previous_secrets,
     )
 
-    text = os.environ.get("HALO_SECRET_KEY")
+    text = secret_env("HALO_SECRET_KEY")
     if not text and generate:
         path = Path(data_dir()) / SECRET_FILE
         if not path.exists():
@@ -84,7 +100,8 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
         text = path.read_text().strip()
     if not text:
         raise StartupError(
-            "HALO_SECRET_KEY is not set. Set it to at least 32 random bytes, hex or base64, for example:\n"
+            "HALO_SECRET_KEY is not set (nor HALO_SECRET_KEY_FILE). Set it to at least 32 random bytes, hex or "
+            "base64, for example:\n"
             "  export HALO_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')\n"
             "Keep it safe: cookies, IP hashes and encrypted personal data depend on it.")
     version_text = os.environ.get("HALO_KEY_VERSION", "1")
@@ -98,15 +115,27 @@ def load_keys(*, generate: bool):  # type: ignore[no-untyped-def]
     except CryptoError as err:
         raise StartupError(f"HALO_SECRET_KEY or HALO_KEY_VERSION is invalid: {err}") from err
     try:
-        previous = parse_previous_secrets(os.environ.get("HALO_PREVIOUS_SECRET_KEYS", ""), version)
+        previous = parse_previous_secrets(secret_env("HALO_PREVIOUS_SECRET_KEYS"), version)
     except CryptoError as err:
         raise StartupError(f"HALO_PREVIOUS_SECRET_KEYS is invalid: {err}") from err
     return KeyRing(master, current_version=version, previous=previous) if previous else ring
 
 
+def database_settings():  # type: ignore[no-untyped-def]
+    """HALO_DATABASE_POOL_SIZE and HALO_DATABASE_STATEMENT_CACHE, checked (StartupError naming the variable)."""
+    from .config import ConfigError
+    from .config import database_settings as read
+
+    try:
+        return read(os.environ)
+    except ConfigError as err:
+        raise StartupError("; ".join(err.errors)) from err
+
+
 def open_database():  # type: ignore[no-untyped-def]
-    """(DSN, embedded server or None). HALO_DATABASE_URL wins; else an embedded PostgreSQL under HALO_DATA_DIR."""
-    dsn = os.environ.get("HALO_DATABASE_URL")
+    """(DSN, embedded server or None). HALO_DATABASE_URL (or HALO_DATABASE_URL_FILE) wins; else an embedded
+    PostgreSQL under HALO_DATA_DIR."""
+    dsn = secret_env("HALO_DATABASE_URL")
     if dsn:
         return dsn, None
     from .storage.embedded import EmbeddedPostgres
@@ -121,7 +150,7 @@ def open_database():  # type: ignore[no-untyped-def]
 
 async def run_worker(config_path: str, host: str, port: int, metrics_port: int, *, serve_metrics: bool = True,
                      ready: multiprocessing.synchronize.Event | None = None, generate_secret: bool = False,
-                     sock: socket.socket | None = None) -> int:
+                     sock: socket.socket | None = None, watch_s: float = 0.0) -> int:
     """One proxy process. It binds `host:port` itself (no SO_REUSEPORT: a second proxy on the same port fails
     with a clear message), or serves `sock`, the listening socket its supervisor bound for all its workers."""
 
@@ -133,13 +162,14 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
         return 2
     try:
         keys = load_keys(generate=generate_secret)
+        database = database_settings()
         dsn, embedded = await asyncio.to_thread(open_database)
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
         return 2
     try:
-        return await _serve_app(create_app(settings, Metrics(), keys=keys, dsn=dsn), settings, host, port,
-                                metrics_port, serve_metrics, ready, sock)
+        app = create_app(settings, Metrics(), keys=keys, dsn=dsn, database=database)
+        return await _serve_app(app, settings, host, port, metrics_port, serve_metrics, ready, sock, watch_s)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -147,7 +177,7 @@ async def run_worker(config_path: str, host: str, port: int, metrics_port: int, 
 
 async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # type: ignore[no-untyped-def]
                      serve_metrics: bool, ready: multiprocessing.synchronize.Event | None,
-                     sock: socket.socket | None = None) -> int:
+                     sock: socket.socket | None = None, watch_s: float = 0.0) -> int:
     from aiohttp import web
 
     from .app import METRICS, STOPPING, WORKER, create_metrics_app, reload_config
@@ -187,10 +217,14 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
     loop.add_signal_handler(signal.SIGHUP, reload_config, app)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    watcher = (asyncio.create_task(watch_config(settings.path, watch_s, lambda: os.kill(os.getpid(), signal.SIGHUP)),
+                                   name="halo-config-watch") if watch_s else None)
     log.info("halo-proxy pid %d serving %s on http://%s:%d", os.getpid(), settings.summary(), host, port)
     if ready is not None:
         ready.set()
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     # The stop is bounded by server.stop.timeout_s; a repeated SIGTERM must not cut it short mid-response.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
@@ -216,6 +250,28 @@ async def _serve_app(app, settings, host: str, port: int, metrics_port: int,  # 
                   os.getpid(), stopping.abandoned)
         return EXIT_ABANDONED
     return 0
+
+
+def _file_stamp(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a Kubernetes ConfigMap volume swaps the one its files go through
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+async def watch_config(path: str, every_s: float, changed) -> None:  # type: ignore[no-untyped-def]
+    """Call `changed()` (which sends SIGHUP) each time the tenant file is rewritten or replaced, looking every
+    `every_s` seconds. A file caught half-written fails its reload and keeps the old config; the write's end
+    changes the file again, and the next look reloads it."""
+    last = _file_stamp(path)
+    while True:
+        await asyncio.sleep(every_s)
+        now = _file_stamp(path)
+        if now != last and now is not None:
+            log.info("%s changed; reloading it", path)
+            changed()
+        last = now
 
 
 def request_drain_s(stop) -> float:  # type: ignore[no-untyped-def]
@@ -268,14 +324,17 @@ def _worker_entry(config_path: str, host: str, port: int, ready: multiprocessing
     os._exit(code)
 
 
-def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int) -> int:
+def serve(config_path: str, host: str, port: int, metrics_port: int, workers: int, watch_s: float = 0.0) -> int:
+    """`halo-proxy serve`. `watch_s` > 0: the tenant file is also reloaded when it changes (looked at every
+    `watch_s` seconds), as on SIGHUP."""
     settings = load_settings(config_path)
     if settings is None:  # fail early, before any process starts
         return 2
     if workers == 1:
-        return run_loop(run_worker(config_path, host, port, metrics_port))
+        return run_loop(run_worker(config_path, host, port, metrics_port, watch_s=watch_s))
     try:
         load_keys(generate=False)  # refuse early, before any worker starts
+        database_settings()
         dsn, embedded = open_database()  # one server for all workers, stopped after the last one exits
     except StartupError as err:
         print(f"halo-proxy: {err}", file=sys.stderr)
@@ -290,7 +349,8 @@ def serve(config_path: str, host: str, port: int, metrics_port: int, workers: in
             return 1
         try:
             # The stop limit the workers start with (a reload does not change a stop already promised).
-            return _supervise(config_path, host, port, metrics_port, workers, socks, settings.server.stop.timeout_s)
+            return _supervise(config_path, host, port, metrics_port, workers, socks, settings.server.stop.timeout_s,
+                              watch_s)
         finally:
             for sock in socks:
                 sock.close()
@@ -323,7 +383,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 def _supervise(config_path: str, host: str, port: int, metrics_port: int, workers: int,
-               socks: list[socket.socket], stop_timeout_s: float) -> int:
+               socks: list[socket.socket], stop_timeout_s: float, watch_s: float = 0.0) -> int:
     # Multiprocess metrics: every worker writes its samples under this directory. It must be set before
     # prometheus_client is first imported in this process and its children.
     metrics_dir = tempfile.mkdtemp(prefix="halo-metrics-")
@@ -360,13 +420,15 @@ def _supervise(config_path: str, host: str, port: int, metrics_port: int, worker
             shutil.rmtree(metrics_dir, ignore_errors=True)
             return 1
     try:
-        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, stop_timeout_s))
+        return asyncio.run(_supervisor_loop(procs, start_one, host, metrics_port, stopping, stop_timeout_s,
+                                            config_path, watch_s))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,  # type: ignore[no-untyped-def]
-                           stopping: threading.Event, stop_timeout_s: float) -> int:
+                           stopping: threading.Event, stop_timeout_s: float, config_path: str = "",
+                           watch_s: float = 0.0) -> int:
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess as prom_mp
@@ -394,6 +456,8 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 os.kill(proc.pid, sig)
 
     loop.add_signal_handler(signal.SIGHUP, forward, signal.SIGHUP)
+    watcher = (asyncio.create_task(watch_config(config_path, watch_s, lambda: forward(signal.SIGHUP)),
+                                   name="halo-config-watch") if watch_s else None)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if stopping.is_set():
@@ -416,6 +480,8 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
+    if watcher is not None:
+        watcher.cancel()
     forward(signal.SIGTERM)
     limit = stop_timeout_s + 5
     deadline = time.monotonic() + limit
@@ -448,7 +514,8 @@ async def release_dead_worker(pid: int) -> None:
     if not dsn:
         return
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
+        conn = await asyncpg.connect(dsn, timeout=5,
+                                     statement_cache_size=database_settings().statement_cache_size)
         try:
             released = await outbox.release_process(conn, socket.gethostname(), pid, datetime.now(UTC))
         finally:

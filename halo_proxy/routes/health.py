@@ -13,6 +13,15 @@ from ..storage.db import Database, ping
 from .common import RETRY_AFTER_DB_S, ApiError, json_ok
 
 
+async def unready_reason(database: Database | None, draining: bool) -> str | None:
+    """Why readyz would answer 503 now ("stopping", "database_unavailable"), or None when it would answer 200."""
+    if draining:
+        return "stopping"
+    if database is None or (database.migrated and await ping(database.pool)):
+        return None
+    return "database_unavailable"
+
+
 def setup(app: web.Application, prefix: str, database: Callable[[], Database | None],
           draining: Callable[[], bool] = lambda: False) -> None:
 
@@ -22,12 +31,12 @@ def setup(app: web.Application, prefix: str, database: Callable[[], Database | N
 
     @tenant_free
     async def handle_readyz(request: web.Request) -> web.Response:
-        if draining():
+        reason = await unready_reason(database(), draining())
+        if reason is None:
+            return json_ok(200, {"status": "ready"})
+        if reason == "stopping":
             return ApiError(503, "stopping", "This process is stopping; send requests elsewhere.",
                             headers={"Retry-After": RETRY_AFTER_DB_S, "Connection": "close"}).response()
-        found = database()
-        if found is None or (found.migrated and await ping(found.pool)):
-            return json_ok(200, {"status": "ready"})
         return ApiError(503, "database_unavailable", "The database is not answering.",
                         headers={"Retry-After": RETRY_AFTER_DB_S}).response()
 

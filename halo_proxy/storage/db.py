@@ -87,16 +87,19 @@ async def create_pool(
     command_timeout: float | None = 30.0,
     connect_timeout: float = 10.0,
     acquire_timeout: float = 10.0,
+    statement_cache_size: int | None = None,
 ) -> asyncpg.Pool:
     """A connection pool whose connections decode jsonb with orjson, and whose acquires are bounded.
 
-    Raises `StorageUnavailable` when the first connections cannot be made.
+    `statement_cache_size` None keeps asyncpg's own; 0 prepares no named statement (PgBouncer in transaction
+    mode). Raises `StorageUnavailable` when the first connections cannot be made.
     """
+    extra = {} if statement_cache_size is None else {"statement_cache_size": statement_cache_size}
     # What asyncpg.create_pool does (it takes no pool class), with the subclass.
     pool = BoundedPool(dsn, min_size=min_size, max_size=max_size, max_queries=50000,
                        max_inactive_connection_lifetime=300.0, connect=None, setup=None, init=init_connection,
                        reset=None, loop=None, connection_class=asyncpg.Connection, record_class=asyncpg.Record,
-                       command_timeout=command_timeout, timeout=connect_timeout)
+                       command_timeout=command_timeout, timeout=connect_timeout, **extra)
     pool.acquire_timeout_s = acquire_timeout
     with translate_errors():
         await pool
