@@ -48,13 +48,8 @@ _PARAMS = {"from", "to", "model", "sort", "dir"}
 CHART_W, CHART_H, CHART_PAD = 720, 160, 4
 
 
-class QueryError(ValueError):
-    """A dashboard parameter that cannot be used; `field` names it."""
-
-    def __init__(self, field: str, detail: str):
-        super().__init__(detail)
-        self.field = field
-        self.detail = detail
+class QueryError(PeriodError):
+    """A dashboard parameter that cannot be used; `field` names it (as a period's own refusal does)."""
 
 
 @dataclass(frozen=True, slots=True)
