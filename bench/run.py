@@ -869,17 +869,34 @@ class OpenLoop:
             spec.path.unlink(missing_ok=True)
 
 
+def steal_ticks() -> dict[int, int]:
+    """Per CPU, the ticks the hypervisor ran something else while this guest wanted the CPU (/proc/stat)."""
+    out = {}
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and len(fields) > 7:
+                out[int(name[3:])] = int(fields[7])
+    except OSError:
+        pass
+    return out
+
+
 def measure_rate(ol: OpenLoop, procs: Processes, workers: int, scenario: str, target: str, port: int,
                  plan: scenarios.RequestPlan, fraction: float, rate: int) -> results.RatePoint:
     if not procs.settle():
         print(f"  note: processes still busy {SETTLE_TIMEOUT_S:.0f} s before a fixed-rate run", flush=True)
     cpu0 = procs.cpu_seconds(target), procs.cpu_seconds("upstream")
+    steal0 = steal_ticks()
     t0 = time.monotonic()
     result = ol.run(plan, port, rate)
     elapsed = time.monotonic() - t0
+    steal1 = steal_ticks()
     cpu1 = procs.cpu_seconds(target), procs.cpu_seconds("upstream")
+    ticks = os.sysconf("SC_CLK_TCK")
+    steal = {cpu: 100 * (steal1[cpu] - steal0.get(cpu, 0)) / ticks / elapsed for cpu in steal1}
     return results.RatePoint(workers, scenario, target, fraction, rate, result,
-                             100 * (cpu1[0] - cpu0[0]) / elapsed, 100 * (cpu1[1] - cpu0[1]) / elapsed)
+                             100 * (cpu1[0] - cpu0[0]) / elapsed, 100 * (cpu1[1] - cpu0[1]) / elapsed, steal)
 
 
 def check_generator(ol: OpenLoop, gen_kind: str, tmp: Path, layout: Layout, ports: dict[str, int],
@@ -1042,8 +1059,9 @@ def run_pass(args: argparse.Namespace, wanted: list[str], gen_kind: str, layout:
                         print(f"{name:<12} {rate:6d} req/s ({fraction:4.0%})  {LABELS[target]:<24} answered "
                               f"{r.achieved_rps:7.0f}/s  p50 {lat['p50'] / 1000:7.2f}  p99 {lat['p99'] / 1000:7.2f}  "
                               f"p99.9 {lat['p99_9'] / 1000:7.2f}  max {lat['max'] / 1000:7.2f} ms  lag p99 "
-                              f"{r.send_lag_us['p99']:6.0f} µs  cpu {pt.cpu_target:3.0f} %  errors "
-                              f"{results.error_text(r)}", flush=True)
+                              f"{r.send_lag_us['p99']:6.0f} µs  cpu {pt.cpu_target:3.0f} %  steal "
+                              f"{pt.steal_text}  errors {results.error_text(r)}"
+                              + ("  OVERLOADED" if pt.overloaded else ""), flush=True)
             procs.settle()
             if leads_before is not None:
                 after = count_conversions(data_dir)
