@@ -47,10 +47,10 @@ class RatePoint:
 
     @property
     def overloaded(self) -> bool:
-        """The target fell behind the schedule: requests waited for a free connection for over 100 ms at the
-        median, or some were never answered. Its latencies are then the queue's, not the target's."""
+        """The target fell behind the schedule: at least 1 % of the requests waited over 50 ms for a free
+        connection (all 64 busy), or some were never answered. Its latencies are then mostly the queue's."""
         r = self.result
-        return r.send_lag_us["p50"] > 100_000 or r.unsent > 0 or r.timeouts > 0  # type: ignore[attr-defined]
+        return r.send_lag_us["p99"] > 50_000 or r.unsent > 0 or r.timeouts > 0  # type: ignore[attr-defined]
 
     @property
     def errors(self) -> int:
