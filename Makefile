@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.installed-bench-stamp
 
-.PHONY: run test test-slow audit browser deploy-tools bench lint clean
+.PHONY: run test test-slow audit browser deploy-tools bench bench-scaling bench-tools profile soak lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,8 +48,34 @@ deploy-tools:
 audit: $(STAMP)
 	$(BIN)/python tools/audit.py $(ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The benchmark drives its targets with wrk (closed loop) and bench/openloop.c (fixed rates, built with the
+# machine's C compiler), and compares HaloTrack with nginx: Debian's packages, installed here when missing.
+bench-tools:
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v cc >/dev/null || { \
+	  echo "make: installing Debian's wrk, nginx and gcc for the benchmark"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk nginx gcc libc6-dev >/dev/null; }
+
+# Every scenario of issue 16 in one bounded run (about 8 minutes): saturation, then latency at fixed rates;
+# appends a section and a plot to docs/performance.md. `make bench ARGS='--no-append'` only prints.
+bench: $(BENCH_STAMP) bench-tools
+	$(BIN)/python bench/run.py $(ARGS)
+
+# The same with one and two processes per proxy (about 9 minutes): how throughput grows with processes.
+bench-scaling: $(BENCH_STAMP) bench-tools
+	$(BIN)/python bench/run.py --workers 1,2 --scenario returning,new_visitor $(ARGS)
+
+# py-spy profiles of the returning-visitor, new-visitor and lead hot paths, written to docs/perf/.
+profile: $(BENCH_STAMP) bench-tools
+	$(BIN)/python bench/hotpath.py $(ARGS)
+
+# Ten minutes of mixed traffic against one worker, its RSS sampled; appended to docs/performance.md.
+soak: $(BENCH_STAMP) bench-tools
+	$(BIN)/python bench/soak.py --minutes 10 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check halo_proxy tests bench tools

@@ -9,12 +9,17 @@ pages. HaloTrack's cost over this baseline is the price of what it adds.
 
 It runs on the same event loop as `halo-proxy serve` (uvloop when installed, `--loop auto`), so that the
 comparison measures HaloTrack's code and not the choice of loop; `--loop asyncio` gives asyncio's own.
+`--processes N` forks N processes sharing the port with SO_REUSEPORT, as `halo-proxy serve --workers N` does;
+the first stops the others when it is stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -96,9 +101,27 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="origin URL, e.g. http://127.0.0.1:9001")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="event loop: auto = uvloop when installed, as halo-proxy serve uses (default)")
+    parser.add_argument("--processes", type=int, default=1, help="processes sharing the port (default 1)")
     args = parser.parse_args()
-    web.run_app(create_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None,
-                backlog=2048, loop=new_loop(args.loop))
+    if not 1 <= args.processes <= 64:
+        parser.error("--processes must be 1..64")
+    children: list[int] = []
+    for _ in range(args.processes - 1):
+        pid = os.fork()
+        if pid == 0:
+            children.clear()
+            break
+        children.append(pid)
+    try:
+        web.run_app(create_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None,
+                    backlog=2048, loop=new_loop(args.loop), reuse_port=args.processes > 1)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:

@@ -34,6 +34,7 @@ class Result:
     p99_ms: float
     errors: int           # connection errors, timeouts and responses with a status of 400 or more
     error_detail: str
+    counted: int = 0      # answers with the plan's `count_status` (0 when it has none)
 
     @classmethod
     def from_json(cls, data: dict) -> Result:
@@ -101,14 +102,26 @@ def wrk_script(plan, seed: int) -> str:  # type: ignore[no-untyped-def]
             "for k, v in pairs(req.headers) do wrk.headers[k] = v end",
             "if req.body ~= '' then wrk.body = req.body end",
         ]
+    if plan.count_status:
+        # A response callback makes wrk hand every answer to Lua: only plans that count a status pay for it.
+        lines += [
+            "counted = 0",
+            "local threads = {}",
+            "local inner_setup = setup",
+            "setup = function(thread) table.insert(threads, thread); if inner_setup then inner_setup(thread) end end",
+            f"response = function(status) if status == {int(plan.count_status)} then counted = counted + 1 end end",
+        ]
     lines += [
         "done = function(summary, latency, requests)",
         "  local e = summary.errors",
+        "  local c = 0",
+        "  if threads then for _, t in ipairs(threads) do c = c + t:get('counted') end end",
         f"  io.write({_lua_str(RESULT_TAG)} .. string.format(",
         "    '{\"requests\": %d, \"duration_us\": %d, \"p50_us\": %.1f, \"p99_us\": %.1f, '",
-        "    .. '\"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, \"timeout\": %d}\\n',",
+        "    .. '\"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, \"timeout\": %d, '",
+        "    .. '\"counted\": %d}\\n',",
         "    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),",
-        "    e.connect, e.read, e.write, e.status, e.timeout))",
+        "    e.connect, e.read, e.write, e.status, e.timeout, c))",
         "end",
     ]
     return "\n".join(lines) + "\n"
@@ -127,7 +140,7 @@ def parse_wrk(stdout: str) -> Result:
             kinds = {k: d[k] for k in ("connect", "read", "write", "status", "timeout") if d[k]}
             return Result(requests=d["requests"], seconds=seconds, rps=d["requests"] / seconds,
                           p50_ms=d["p50_us"] / 1000, p99_ms=d["p99_us"] / 1000, errors=sum(kinds.values()),
-                          error_detail=" ".join(f"{k}={v}" for k, v in kinds.items()))
+                          error_detail=" ".join(f"{k}={v}" for k, v in kinds.items()), counted=d["counted"])
     raise RuntimeError("wrk printed no result line:\n" + stdout[-2000:])
 
 
@@ -170,6 +183,7 @@ async def _client(plan, url: str, connections: int, seconds: float) -> Result:  
     hist = Histogram()
     errors: dict[str, int] = {}
     counter = [int(time.time() * 1000) % 10**9]
+    counted = [0]
     pool = plan.pool
     templated = plan.templated
 
@@ -204,6 +218,8 @@ async def _client(plan, url: str, connections: int, seconds: float) -> Result:  
                                                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
                                                allow_redirects=False) as resp:
                         await resp.read()
+                        if resp.status == plan.count_status:
+                            counted[0] += 1
                         if resp.status >= 400:
                             errors["status"] = errors.get("status", 0) + 1
                 except (aiohttp.ClientError, TimeoutError) as err:
@@ -218,7 +234,7 @@ async def _client(plan, url: str, connections: int, seconds: float) -> Result:  
     done = hist.total
     return Result(requests=done, seconds=elapsed, rps=done / elapsed, p50_ms=hist.percentile(50),
                   p99_ms=hist.percentile(99), errors=sum(errors.values()),
-                  error_detail=" ".join(f"{k}={v}" for k, v in errors.items()))
+                  error_detail=" ".join(f"{k}={v}" for k, v in errors.items()), counted=counted[0])
 
 
 def main() -> None:

@@ -18,15 +18,21 @@ into the generated tenant YAML before HaloTrack starts. `target_vs_scenario=(oth
 to a fraction of its own throughput in another scenario, when both ran in the same run (`injected` against
 `returning_gz`: the same page with and without the script tag).
 
-Planned: `lead`, signed webhook POSTs. Sketch: `tenant_extra={"webhook_secret": ctx.webhook_secret}`, then
-a pool of ~1000 JSON bodies (distinct email and event id each), each POSTed to `/_halo/webhook/lead` with
-`X-Halo-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>` computed in Python.
+A plan may instead be built afresh for every run (`fresh`): `lead` needs a new signed body per request, and
+a run must never repeat one (a repeated `event_id` is answered 200, not a new conversion), so the generator asks
+the plan for as many requests as the run can send. `count_status` has the generator count the answers with that
+status (201 Created for a committed lead), which the harness compares with the rows in the database.
+A scenario that only HaloTrack can answer (`lead`) names its `targets`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
@@ -64,10 +70,13 @@ class Request:
 
 @dataclass(frozen=True)
 class RequestPlan:
-    """The requests a generator sends. `request` is a static request or a `{n}` template; `pool` wins if set."""
+    """The requests a generator sends. `request` is a static request or a `{n}` template; `pool` wins if set;
+    `fresh(count)`, when set, builds a new pool of `count` requests for each run (see the module's docstring)."""
 
     request: Request
     pool: tuple[Request, ...] = ()
+    fresh: Callable[[int], tuple[Request, ...]] | None = field(default=None, compare=False)
+    count_status: int | None = None     # answers with this status are counted (201: a lead committed)
 
     @property
     def templated(self) -> bool:
@@ -79,10 +88,20 @@ class RequestPlan:
         def add(r: Request) -> Request:
             headers = tuple((k, v) for k, v in r.headers if k.lower() != "host")
             return Request(r.method, r.path, (("Host", host),) + headers, r.body)
-        return RequestPlan(add(self.request), tuple(add(r) for r in self.pool))
+        fresh = self.fresh
+        return RequestPlan(add(self.request), tuple(add(r) for r in self.pool),
+                           (lambda count: tuple(add(r) for r in fresh(count))) if fresh else None,
+                           self.count_status)
+
+    def for_run(self, count: int) -> RequestPlan:
+        """The plan one run sends: a fresh pool of `count` requests when the plan builds one, else itself."""
+        if self.fresh is None:
+            return self
+        return RequestPlan(self.request, self.fresh(count), None, self.count_status)
 
     def to_json(self) -> dict:
-        return {"request": self.request.to_json(), "pool": [r.to_json() for r in self.pool]}
+        return {"request": self.request.to_json(), "pool": [r.to_json() for r in self.pool],
+                "count_status": self.count_status}
 
 
 @dataclass(frozen=True)
@@ -105,17 +124,18 @@ class Scenario:
     # (other scenario, goal): HaloTrack's throughput here as a fraction of its own in that scenario, compared
     # when both ran in the same run
     target_vs_scenario: tuple[str, float] | None = None
+    targets: tuple[str, ...] | None = None  # the only targets that can answer it; None: every target
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(name: str, description: str, *, target_vs_bare: float | None = None,
-             tenant_extra: dict | None = None,
-             target_vs_scenario: tuple[str, float] | None = None):  # type: ignore[no-untyped-def]
+             tenant_extra: dict | None = None, target_vs_scenario: tuple[str, float] | None = None,
+             targets: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
     def register(fn: Callable[[Context], RequestPlan | str]) -> Callable[[Context], RequestPlan | str]:
         SCENARIOS[name] = Scenario(name, description, fn, target_vs_bare, dict(tenant_extra or {}),
-                                   target_vs_scenario)
+                                   target_vs_scenario, targets)
         return fn
     return register
 
@@ -175,8 +195,48 @@ def plan_new_visitor(ctx: Context) -> RequestPlan | str:
     return RequestPlan(Request("GET", "/page?utm_source=google&utm_medium=cpc&gclid={n}", BROWSER_PAGE_HEADERS))
 
 
+@scenario("lead", "a signed lead webhook (`POST /_halo/webhook/lead`, JSON with its own `event_id` and email, "
+          "`X-Halo-Signature` HMAC-SHA256), half carrying the session id of a visit made before the run: "
+          "HaloTrack checks the signature, validates, matches the session or looks the email up by blind index, "
+          "encrypts the personal data and commits the conversion before its 201; only HaloTrack answers it",
+          targets=("halotrack",), tenant_extra={"webhook_secret": "${HALO_BENCH_WEBHOOK_SECRET}"})
+def plan_lead(ctx: Context) -> RequestPlan | str:
+    if ctx.halo_url is None:
+        return "needs HaloTrack among the targets"
+    try:
+        cookies = first_visit_cookies(ctx.halo_url, ctx.host)
+    except OSError as err:
+        return f"first visit through HaloTrack failed: {err}"
+    session = cookies.get(ctx.cookie_name)
+    runs = [0]
+    nonce = secrets.token_hex(4)
+
+    def fresh(count: int) -> tuple[Request, ...]:
+        runs[0] += 1
+        stamp = int(time.time())
+        out = []
+        for i in range(count):
+            payload: dict = {"email": f"lead-{nonce}-{runs[0]}-{i}@example.com",
+                             "event_id": f"bench-{nonce}-{runs[0]}-{i}", "form_type": "contact", "value": 10}
+            if session and i % 2 == 0:
+                payload["session_id"] = session
+            body = json.dumps(payload, separators=(",", ":"))
+            out.append(Request("POST", "/_halo/webhook/lead", (
+                ("Content-Type", "application/json"),
+                ("X-Halo-Signature", sign_webhook(ctx.webhook_secret, body.encode(), stamp)),
+            ), body))
+        return tuple(out)
+
+    return RequestPlan(Request("POST", "/_halo/webhook/lead", ()), fresh=fresh, count_status=201)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Helpers.
+
+
+def sign_webhook(secret: str, body: bytes, t: int) -> str:
+    """`X-Halo-Signature` as a tenant's server sends it: `t=<unix seconds>,v1=<hex HMAC-SHA256("<t>.<body>")>`."""
+    return f"t={t},v1={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
 
 
 def returning_visitor(ctx: Context, path: str) -> RequestPlan | str:
@@ -219,7 +279,8 @@ def first_visit_cookies(base_url: str, host: str) -> dict[str, str]:
 def plan_from_json(data: dict) -> RequestPlan:
     def req(d: dict) -> Request:
         return Request(d["method"], d["path"], tuple((k, v) for k, v in d["headers"]), d.get("body", ""))
-    return RequestPlan(req(data["request"]), tuple(req(d) for d in data.get("pool", ())))
+    return RequestPlan(req(data["request"]), tuple(req(d) for d in data.get("pool", ())),
+                       count_status=data.get("count_status"))
 
 
 def dumps(plan: RequestPlan) -> str:
