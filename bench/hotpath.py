@@ -4,8 +4,8 @@
     .venv/bin/python bench/hotpath.py --scenario returning --seconds 20 --native
 
 The targets are started as `bench/run.py` starts them (the origin and `halo-proxy serve --workers 1`, pinned the
-same way); each scenario gets a 2 s warm-up, then py-spy (`--nonblocking`, so the worker is never paused) records
-for `--seconds` while wrk keeps 32 connections busy. For each scenario it writes, under `--out` (default
+same way); each scenario gets a 2 s warm-up, then py-spy (`--nonblocking`, so the worker is never paused; `--native`
+pauses it at each sample to read C frames too) records for `--seconds` while wrk keeps 32 connections busy. For each scenario it writes, under `--out` (default
 docs/perf/):
 
   profile-<scenario>.txt   the top frames by own time and by inclusive time, and own time by package
@@ -108,9 +108,10 @@ def summary(stacks: list[tuple[list[tuple[str, str]], int]], top: int) -> list[s
 def record(spy: str, pid: int, seconds: float, rate: int, out: Path, fmt: str, native: bool,
            cpus: set[int] | None) -> subprocess.Popen:
     argv = [spy, "record", "--pid", str(pid), "--duration", f"{seconds:g}", "--rate", str(rate), "--format", fmt,
-            "--output", str(out), "--nonblocking"]
-    if native:
-        argv.append("--native")
+            "--output", str(out)]
+    # Native stacks need the worker paused at each sample (py-spy refuses them otherwise): they cost it some
+    # throughput, so the plain profile never pauses it.
+    argv.append("--native" if native else "--nonblocking")
 
     def pin() -> None:
         if cpus:
@@ -180,7 +181,8 @@ def main() -> int:
                 cpu1 = split_cpu(procs, pid)
                 spy_out, _ = spy_proc.communicate(timeout=args.seconds + 60)
                 header = [f"HaloTrack profile, scenario `{name}`: {scenarios.SCENARIOS[name].description}",
-                          f"py-spy {args.rate} Hz{' --native' if args.native else ''} --nonblocking on the worker "
+                          f"py-spy {args.rate} Hz{' --native (pausing it)' if args.native else ' --nonblocking'} on "
+                          "the worker "
                           f"(pid {pid}) while wrk ran {args.connections} connections for {args.seconds:g} s: "
                           f"{result.rps:.0f} req/s; CPU per request {per_req(cpu0[0], cpu1[0], result):.0f} µs in "
                           f"the worker, {per_req(cpu0[1], cpu1[1], result):.0f} µs in its PostgreSQL; "

@@ -294,6 +294,18 @@ def plot(points: list[RatePoint], path: Path, title: str) -> Path | None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    shrink(path)
     return path
+
+
+def shrink(path: Path) -> None:
+    """Re-save a plot with a 128-colour palette: a quarter of the size, the same picture."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)

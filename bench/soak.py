@@ -40,6 +40,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import openloop  # noqa: E402
+import results  # noqa: E402
 import run as harness  # noqa: E402
 import scenarios  # noqa: E402
 
@@ -247,8 +248,9 @@ def plot_rss(mib: list[tuple[float, float, float]], when: dt.datetime, scratch: 
     ax.legend(fontsize=8)
     ax.set_title(f"Memory soak {when:%Y-%m-%d %H:%M} UTC, mixed traffic, one worker", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    results.shrink(path)
     return path
 
 
