@@ -57,7 +57,7 @@ def test_requests_file_and_templates(tmp_path):
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory) -> Path:
     if openloop.compiler() is None:
-        pytest.skip("no C compiler")
+        pytest.fail("no C compiler (cc or gcc): make bench installs gcc; apt-get install gcc")
     return openloop.build(tmp_path_factory.mktemp("openloop"))
 
 
