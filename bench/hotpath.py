@@ -120,6 +120,20 @@ def record(spy: str, pid: int, seconds: float, rate: int, out: Path, fmt: str, n
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pin)
 
 
+def sampled_worker(procs: harness.Processes, workers: int) -> int:
+    """The process py-spy samples: HaloTrack itself with one worker, else its first worker (a child of the
+    supervisor running the same interpreter)."""
+    leader = procs.procs["halotrack"].pid
+    if workers == 1:
+        return leader
+    table = harness.scan_processes()
+    children = sorted(p.pid for p in table.values()
+                      if p.ppid == leader and harness.cmdline_has(p.pid, "serve"))
+    if not children:
+        raise SystemExit("no HaloTrack worker found under the supervisor")
+    return children[0]
+
+
 def split_cpu(procs: harness.Processes, pid: int) -> tuple[float, float]:
     """CPU seconds of the worker itself and of everything else it runs (its embedded PostgreSQL)."""
     owned = procs.owned("halotrack")
@@ -141,6 +155,8 @@ def main() -> int:
     parser.add_argument("--native", action="store_true", help="include native frames (C extensions, libc)")
     parser.add_argument("--svg", action="store_true", help="also write a flame graph SVG per scenario")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="HaloTrack workers (default 1); with more, nothing is pinned and one worker is sampled")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--keep-raw", action="store_true", help="also keep py-spy's collapsed stacks in --out")
     args = parser.parse_args()
@@ -148,7 +164,9 @@ def main() -> int:
     if any(n not in scenarios.SCENARIOS for n in names) or not 1 <= args.seconds <= 120:
         parser.error(f"--scenario from {', '.join(scenarios.SCENARIOS)}; --seconds 1..120")
     spy = py_spy()
-    layout = harness.choose_layout(True)
+    if not 1 <= args.workers <= 8:
+        parser.error("--workers must be 1..8")
+    layout = harness.choose_layout(args.workers == 1)
     if layout.gen_cpus:
         os.sched_setaffinity(0, layout.gen_cpus)
     tenant_extra: dict = {}
@@ -160,11 +178,11 @@ def main() -> int:
         tmp = Path(tmp_name)
         procs = harness.Processes(tmp)
         try:
-            ports, _ = harness.start_targets(procs, tmp, ["halotrack"], layout, tenant_extra, secret)
+            ports, _ = harness.start_targets(procs, tmp, ["halotrack"], layout, tenant_extra, secret, args.workers)
             ctx = scenarios.Context(host=harness.HOST, halo_url=f"http://{harness.LOOPBACK}:{ports['halotrack']}",
                                     cookie_name=harness.COOKIE_NAME, webhook_secret=secret)
             gen = harness.Generator("wrk", tmp, layout, args.connections)
-            pid = procs.procs["halotrack"].pid
+            pid = sampled_worker(procs, args.workers)
             for name in names:
                 planned = scenarios.SCENARIOS[name].plan(ctx)
                 if isinstance(planned, str):
@@ -182,10 +200,11 @@ def main() -> int:
                 spy_out, _ = spy_proc.communicate(timeout=args.seconds + 60)
                 header = [f"HaloTrack profile, scenario `{name}`: {scenarios.SCENARIOS[name].description}",
                           f"py-spy {args.rate} Hz{' --native (pausing it)' if args.native else ' --nonblocking'} on "
-                          "the worker "
+                          f"{'the worker' if args.workers == 1 else f'one of {args.workers} workers'} "
                           f"(pid {pid}) while wrk ran {args.connections} connections for {args.seconds:g} s: "
                           f"{result.rps:.0f} req/s; CPU per request {per_req(cpu0[0], cpu1[0], result):.0f} µs in "
-                          f"the worker, {per_req(cpu0[1], cpu1[1], result):.0f} µs in its PostgreSQL; "
+                          f"the sampled worker, {per_req(cpu0[1], cpu1[1], result):.0f} µs in the rest (its "
+                          f"PostgreSQL{', the other workers and the supervisor' if args.workers > 1 else ''}); "
                           f"{result.errors} errors; "
                           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, HaloTrack at "
                           f"{harness.tool_version(['git', '-C', str(harness.ROOT), 'rev-parse', '--short', 'HEAD'])}",

@@ -132,14 +132,15 @@ def check_lines(check: GeneratorCheck) -> list[str]:
 
 def fixed_table(points: list[RatePoint]) -> list[str]:
     out = ["| scenario | rate req/s (of HaloTrack's saturation) | target | answered req/s | p50 ms | p99 ms | "
-           "p99.9 ms | max ms | errors | send lag p99 µs | target CPU | steal per CPU |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "p99.9 ms | max ms | errors | send lag p99 µs | generator CPU µs/req | target CPU | steal per CPU |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
         r = p.result
         mark = " **(overloaded)**" if p.overloaded else ""
         out.append(f"| {p.scenario} | {p.rate} ({p.fraction:.0%}) | {LABELS[p.target]}{mark} | "
                    f"{r.achieved_rps:.0f} | {p.ms('p50'):.2f} | {p.ms('p99'):.2f} | {p.ms('p99_9'):.2f} | "  # type: ignore[attr-defined]
-                   f"{p.ms('max'):.2f} | {error_text(r)} | {r.send_lag_us['p99']:.0f} | {p.cpu_target:.0f} % | "  # type: ignore[attr-defined]
+                   f"{p.ms('max'):.2f} | {error_text(r)} | {r.send_lag_us['p99']:.0f} | "  # type: ignore[attr-defined]
+                   f"{r.cpu_us_per_request:.0f} | {p.cpu_target:.0f} % | "  # type: ignore[attr-defined]
                    f"{p.steal_text} |")
     return out
 

@@ -680,75 +680,8 @@ def machine_lines(gen_kind: str, layout: Layout, with_nginx: bool) -> list[str]:
 
 DOC_INTRO = """# Performance
 
-HaloTrack sits in front of every page of a client's site, so its cost is measured against the alternatives
-a client could put there instead. `bench/run.py` runs, in one go and with the same load generator:
-
-| target | what it is |
-|---|---|
-| (a) upstream direct | the origin (`bench/upstream.py`: a ~4 KiB HTML page at `/page`; a 30 KiB one gzipped at level 6 once at start, at `/gz30` and, with `Cache-Control: no-transform`, at `/gz30-plain`) with no proxy: the ceiling |
-| (b) HaloTrack | `halo-proxy serve --workers 1 --log-level WARNING` on a generated tenant YAML |
-| (c) bare aiohttp proxy | `bench/bare_proxy.py`: one `ClientSession`, streaming, hop-by-hop headers stripped, nothing else; on the same event loop as HaloTrack (uvloop when installed; runs before 2026-11-28 04:55 used asyncio's loop for both until HaloTrack switched to uvloop at `1b71cb9`) |
-| (d) nginx proxy_pass | one nginx worker with keep-alive to the origin (skipped when nginx is not installed) |
-
-## Running it
-
-    make bench                                   # or: .venv/bin/python bench/run.py
-    .venv/bin/python bench/run.py --scenario proxy_only,returning,new_visitor,page --rounds 3
-    .venv/bin/python bench/run.py --no-append    # print only
-
-Options: `--duration` seconds per measurement (default 4), `--warmup` seconds before each (1), `--rounds` (3),
-`--connections` (32), `--scenario` (comma-separated or `all`; default `page`), `--targets`, `--generator`
-(`auto`, `wrk`, `python`), `--no-pin`, `--db-with-proxy`, `--no-append`. `bench/micro.py` times
-`VisitTracker.observe` and the header copying in-process, without sockets; `bench/micro.py inject` the
-injection into a compressed 30 KiB page. The default run takes about a minute.
-`apt-get install wrk nginx` gives the full comparison; without wrk the Python client is used, without nginx
-row (d) is skipped. All traffic stays on 127.0.0.1.
-
-Scenarios (`bench/scenarios.py`; add one there). Every target receives the same requests; what differs is
-what HaloTrack does with them, and each scenario has its own goal:
-
-| scenario | request | what HaloTrack does | goal (HaloTrack/bare) |
-|---|---|---|---|
-| `proxy_only` | `GET /page` with only a Host header (wrk's default request) | checks whether it is a page view (it is not: no `Accept: text/html`, no `Sec-Fetch-Dest`), counts it as skipped, proxies it: the proxy path alone | ≥ 0.9× (issue 2's "small HTML page", set before tracking existed) |
-| `returning` | `GET /page` with a browser's headers and the cookies a first visit through HaloTrack set (`_halo`, `_fbp`), no campaign data | a tracked page view on the fast path: cookie opened, consent read, no database work | ≥ 0.9× (issue 3) |
-| `new_visitor` | `GET /page?utm_source=google&utm_medium=cpc&gclid=<n>` with a browser's headers, no cookie, a new `<n>` each request | a new session with a paid first touch and a click id, sealed cookie, `_fbp`, hashed and encrypted IP and user agent, one row in `sessions` and one in `touches` | ≥ 0.6× (issue 3) |
-| `page` | `GET /page` with a browser's headers (`Accept: text/html`, `Sec-Fetch-Dest: document`, Chrome user agent), no cookie | with the default consent (`unknown: granted`) every request is a new visitor: a new session (direct first touch) stored each time | ≥ 0.6× (a new visitor) |
-| `injected` | `GET /gz30` as in `returning` (browser headers, `Accept-Encoding: gzip, deflate, br, zstd`, a first visit's cookies); the origin answers a 30 KiB page gzipped at level 6 | the returning visitor's fast path, and the page decoded, the script tag injected after `<head>`, re-encoded as gzip (ISA-L level 1) with a new Content-Length, once: the same bytes again are answered from HaloTrack's cache of injected pages; the other targets pass the gzip bytes through | ≥ 0.8×, and ≥ 0.8× HaloTrack's own `returning_gz` in the same run |
-| `injected_unique` | `GET /gz30-unique?v=<n>` as in `injected`, a new `<n>` each request; the origin puts `<n>` in the page's footer and gzips it per request (level 1) | as `injected`, but no two pages are the same bytes, so the cache of injected pages never answers: every view is decoded, injected and re-encoded | ≥ 0.8×, and ≥ 0.8× HaloTrack's own `returning_gz` |
-| `returning_gz` | `GET /gz30-plain`, the same request; the origin's same gzip bytes with `Cache-Control: no-transform` | the returning visitor's fast path; no injection (no-transform, a header check), the page passed through as it came: the reference for `injected` | none of its own |
-
-Since `912b331` HaloTrack injects its script tag into every HTML page view, so `returning`, `new_visitor` and
-`page` include an injection too, into the identity 4 KiB page (no coding to undo, Content-Length corrected).
-
-## Reading the figures
-
-- **req/s** is the median over the rounds (each round measures every target once, in a rotating order);
-  the per-round figures show the noise. On a shared machine, differences under ~5 % are noise.
-- **p50 / p99** are the latencies at that load. The generator is closed-loop (a fixed number of connections
-  sending as fast as answers come back), so these are latencies *at saturation*: they grow with
-  `--connections` and are comparable only between targets of the same run, not with production latencies.
-- **target CPU** is the CPU the target used during the measurement (100 % = one full core), summed over all
-  its processes (HaloTrack's embedded PostgreSQL included). The database is infrastructure, like the origin:
-  the harness moves it to the origin's CPU once HaloTrack is up (`--db-with-proxy` keeps it on the proxies'
-  CPU, as runs before 2026-11-28 04:35 did), so HaloTrack can exceed 100 % when it writes. A proxy near
-  100 % is the bottleneck, as it should be; if the origin CPU is also near 100 %, the origin limits the run
-  and the ratios understate the proxies' differences.
-- **errors** counts failed requests (socket errors, timeouts, status 400 and up). For HaloTrack it also
-  shows how much its `halo_storage_lost_writes_total`, `halo_storage_errors_total` and
-  `halo_upstream_errors_total` grew during the measurements: visits it dropped under load were not paid for,
-  so its req/s then flatters it.
-- **CPU µs/req** is the target's CPU time per request, counted from the start of the measurement until all
-  its processes are idle again, so work it defers (batched database writes) is included. It moves much less
-  than req/s when something else runs on the machine; the "by CPU per request" ratio compares capacity.
-- Between measurements the harness waits until every process it started is idle (at most 20 s), so one
-  target's deferred work never runs during the next target's measurement.
-- **Ratios**: HaloTrack's req/s over the bare proxy's (each scenario's goal is in the table above) and over
-  nginx's; for `injected`, also over HaloTrack's own in `returning_gz` when both ran (the price of the tag).
-  The bare proxy is the price of aiohttp itself; HaloTrack's distance to it is the price of what HaloTrack
-  adds. nginx shows what a C proxy costs on the same machine.
-- With the Python client instead of wrk the generator itself is slow, and the ratios are pulled towards 1.
-
-Each run appends a dated section below with the machine, the exact command and the table.
+Figures appended by `bench/run.py` (`make bench`), `bench/soak.py` and the other benchmarks in `bench/`; each
+script's opening docstring says what it runs and how to read it.
 """
 
 

@@ -184,6 +184,8 @@ def report(args: argparse.Namespace, samples: list[tuple[float, int, int]], tota
     end_median = statistics.median(last_minute)
     peak = max(mib, key=lambda s: s[1])
     slope = slope_per_minute([(t, w) for t, w, _ in warm])
+    half = [s for s in mib if s[0] >= mib[-1][0] / 2]
+    second_half = half[-1][1] - half[0][1] if half else float("nan")
     flat = abs(end_median - first[1]) <= FLAT_TOLERANCE * first[1]
     created = totals["lead"].created
     stored = None if rows_after is None else rows_after - rows_before
@@ -210,7 +212,7 @@ def report(args: argparse.Namespace, samples: list[tuple[float, int, int]], tota
         f"{slope:+.2f} MiB/min over {len(warm)} samples every {args.sample_seconds:g} s: "
         + ("**flat**" if flat else "**NOT flat**")
         + f" (the last minute's median within {FLAT_TOLERANCE:.0%} of the first minute's end: "
-        f"{end_median - first[1]:+.1f} MiB)",
+        f"{end_median - first[1]:+.1f} MiB); over the second half alone {second_half:+.1f} MiB",
         f"- PostgreSQL (sum of its processes' RSS, shared buffers counted in each): {mib[0][2]:.0f} MiB at the "
         f"start, {first[2]:.0f} after the first minute, {mib[-1][2]:.0f} at the end",
         f"- Leads: {created} answered 201, "
