@@ -68,6 +68,19 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(f"database error {err.sqlstate}: {err}") from err
 
 
+class SessionlessConnection(asyncpg.Connection):
+    """A connection handed back to the pool with nothing sent: HaloTrack keeps no session state on a connection
+    (advisory locks are transaction-level, and there is no LISTEN, no cursor outside a transaction, no session
+    SET; `tests/storage/test_db.py` scans the SQL for each), so asyncpg's default reset (`pg_advisory_unlock_all`,
+    `CLOSE ALL`, `UNLISTEN *`, `RESET ALL`) would be one database round trip per acquire for nothing. A
+    transaction left open is still rolled back by the pool on release."""
+
+    __slots__ = ()
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class BoundedPool(asyncpg.Pool):
     """An asyncpg pool on which every acquire, its own `fetch`/`execute` included, waits at most
     `acquire_timeout_s` for a connection: with the pool exhausted a caller fails (TimeoutError, which
@@ -98,7 +111,7 @@ async def create_pool(
     # What asyncpg.create_pool does (it takes no pool class), with the subclass.
     pool = BoundedPool(dsn, min_size=min_size, max_size=max_size, max_queries=50000,
                        max_inactive_connection_lifetime=300.0, connect=None, setup=None, init=init_connection,
-                       reset=None, loop=None, connection_class=asyncpg.Connection, record_class=asyncpg.Record,
+                       reset=None, loop=None, connection_class=SessionlessConnection, record_class=asyncpg.Record,
                        command_timeout=command_timeout, timeout=connect_timeout, **extra)
     pool.acquire_timeout_s = acquire_timeout
     with translate_errors():

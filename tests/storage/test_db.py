@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import asyncpg
@@ -46,3 +47,64 @@ async def test_every_acquire_is_bounded(database):
         assert await pool.fetchval("SELECT 1") == 1  # free again
     finally:
         await pool.close()
+
+
+async def test_a_released_connection_is_handed_back_with_nothing_sent(database):
+    """The pool's reset sends no query (HaloTrack keeps no session state on a connection), and a transaction
+    left open is still rolled back on release."""
+    pool = await create_pool(database.dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.fetchval("SELECT 42 AS halo_reset_probe")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            # the last statement the server saw on this backend is ours, not a reset query
+            last = await database_last_query(database, pid)
+            assert "halo_reset_probe" in last, last
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("CREATE TEMP TABLE halo_reset_probe (n int)")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.halo_reset_probe')") is None
+    finally:
+        await pool.close()
+
+
+async def database_last_query(database: TestDatabase, pid: int) -> str:
+    other = await asyncpg.connect(database.dsn)
+    try:
+        return await other.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+    finally:
+        await other.close()
+
+
+# Session state a connection could carry to its next user, were it kept: each must not appear in HaloTrack's SQL.
+_SESSION_STATE = {
+    "a session-level advisory lock": re.compile(r"pg_(try_)?advisory_lock(_shared)?\s*\(", re.I),
+    "LISTEN": re.compile(r"""["';]\s*LISTEN\s+\w"""),  # SQL keywords are upper case in HaloTrack's SQL
+    "a cursor held past its transaction": re.compile(r"\bWITH\s+HOLD\b", re.I),
+    "a session SET": re.compile(r"""["';]\s*SET\s+(?!LOCAL\b)(SESSION\s+)?[a-z_.]+\s*(=|TO\b)""", re.I),
+    "set_config for the session": re.compile(r"set_config\s*\([^)]*,\s*false\s*\)", re.I),
+    "asyncpg listeners": re.compile(r"\.add_listener\s*\("),
+}
+
+
+def test_no_session_state_in_halotrack_sql():
+    """What makes the empty reset safe: no statement leaves state on the connection for its next user."""
+    root = Path(__file__).resolve().parents[2] / "halo_proxy"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        for what, pattern in _SESSION_STATE.items():
+            for m in pattern.finditer(text):
+                found.append(f"{path.relative_to(root.parent)}:{text.count(chr(10), 0, m.start()) + 1}: {what}")
+    assert not found, found
+    # the scan itself finds what it looks for
+    assert _SESSION_STATE["a session SET"].search('"SET statement_timeout = 0"')
+    assert not _SESSION_STATE["a session SET"].search('"SET LOCAL statement_timeout = 0"')
+    assert not _SESSION_STATE["a session SET"].search("UPDATE t SET a = 1")
+    assert _SESSION_STATE["a session-level advisory lock"].search("SELECT pg_advisory_lock($1)")
+    assert not _SESSION_STATE["a session-level advisory lock"].search("SELECT pg_advisory_xact_lock($1)")
