@@ -50,6 +50,7 @@ from .services.retention import Retention
 from .services.rotation import check_readable
 from .services.visits import Clock, VisitTracker, utc_now
 from .storage import migrations
+from .storage.conversion_writer import ConversionWriter
 from .storage.db import Database, create_pool
 from .storage.errors import StorageError
 from .storage.write_queue import VisitWriter
@@ -202,9 +203,10 @@ async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """The use cases and their routes' bodies (no resource of their own: nothing to tear down). Browser routes
-    share one set of per-IP rate limits."""
+    share one set of per-IP rate limits. Closing waits for the conversions being committed (group commit)."""
+    commits = ConversionWriter(app[DATABASE].pool)
     conversions = Conversions(app[DATABASE].pool, app[KEYS], app[WRITER], app[METRICS],
-                              on_created=app[WORKER].wake)
+                              on_created=app[WORKER].wake, commits=commits)
     limits = RateLimits()
     app[ROUTES] = Routes(conversions, app[KEYS], limits, app[CLOCK])  # type: ignore[arg-type]
     visits = BrowserVisits(app[DATABASE].pool, app[KEYS], app[WRITER], app[TRACKER], app[METRICS],
@@ -218,6 +220,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DASHBOARD] = DashboardRoutes(DashboardSignIn(app[DATABASE].pool, app[CLOCK]), reports, app[GUARD],
                                      app[CLOCK], app[CONFIG].current.server.reserved_prefix)  # type: ignore[arg-type]
     yield
+    await commits.close()
 
 
 async def credits_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,8 +2,10 @@
 
 Matching order: the session (cookie, else the body's session reference) -> email -> phone -> none. Among several
 sessions of one person, the latest one with a touch before the conversion. The conversion, its identifiers
-(encrypted, with blind indexes) and one outbox row per configured ad platform are written in one transaction,
-before the 2xx answer; a repeat of the same idempotency key returns the first answer and writes nothing.
+(encrypted, with blind indexes), one outbox row per configured ad platform and the links of its email and phone
+to its session are written in one statement, with the conversions arriving beside it (group commit:
+`storage.conversion_writer`), before the 2xx answer; a repeat of the same idempotency key returns the first
+answer and writes nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from ..crypto import KeyRing
 from ..forwarders import PLATFORMS as FORWARDERS
 from ..forwarders.models import ForwardEvent
 from ..metrics import Metrics
-from ..storage import conversions as conversion_store
 from ..storage import identities as identity_store
 from ..storage import sessions as session_store
-from ..storage.conversions import ConversionRecord, ConversionWrite
+from ..storage.conversion_writer import ConversionWriter
+from ..storage.conversions import ConversionRecord, ConversionWrite, LinkWrite
 from ..storage.outbox import ForwardWrite
 from ..storage.sessions import SessionRecord
 from ..storage.write_queue import VisitWriter
@@ -57,8 +59,9 @@ class Conversions:
     """Records conversions for the routes; all state lives in the database."""
 
     def __init__(self, pool: asyncpg.Pool, keys: KeyRing, writer: VisitWriter, metrics: Metrics,
-                 on_created: Callable[[], None] | None = None):
+                 on_created: Callable[[], None] | None = None, *, commits: ConversionWriter | None = None):
         self.pool = pool
+        self.commits = commits if commits is not None else ConversionWriter(pool)
         self.keys = keys
         self.writer = writer
         self.metrics = metrics
@@ -115,22 +118,21 @@ class Conversions:
         """Match, attribute and store one conversion with its forwards; a repeated idempotency key returns the
         first answer. The insert is one atomic statement: the conversion and its outbox rows, or nothing."""
         converted_at = conversion.occurred_at or now
-        # Matched before a connection is held: finding a session still queued flushes the page-view writer,
+        # Matched on the pool, no connection held: finding a session still queued flushes the page-view writer,
         # which needs a connection of its own (with the pool exhausted, holding one here would deadlock).
         session, match_type = await self._match(self.pool, tenant, conversion, cookie_session, converted_at)
-        async with self.pool.acquire() as conn:
-            if session is not None:
-                touches = await session_store.list_touches(conn, tenant.id, session.id, until=converted_at)
-                attribution = attribute(touches, match_type=match_type, session_id=str(session.id),
-                                        converted_at=converted_at, lookback_days=tenant.lookback_days)
-            else:
-                attribution = Attribution()
-            conversion_id = uuid.uuid4()
-            write = self._write(tenant, conversion, conversion_id, attribution, now)
-            forwards = self._forwards(tenant, conversion, conversion_id, session, attribution, converted_at, gpc)
-            record, created = await conversion_store.insert_conversion(conn, write, forwards)
-            if created and session is not None and (conversion.email or conversion.phone):
-                await self._link(conn, tenant, session.id, conversion, now)
+        if session is not None:
+            touches = await session_store.list_touches(self.pool, tenant.id, session.id, until=converted_at)
+            attribution = attribute(touches, match_type=match_type, session_id=str(session.id),
+                                    converted_at=converted_at, lookback_days=tenant.lookback_days)
+        else:
+            attribution = Attribution()
+        conversion_id = uuid.uuid4()
+        write = self._write(tenant, conversion, conversion_id, attribution, now)
+        forwards = self._forwards(tenant, conversion, conversion_id, session, attribution, converted_at, gpc)
+        links = self._links(tenant, session.id, conversion, now) if session is not None else ()
+        # Committed with the conversions arriving beside it (group commit), before this answer.
+        record, created = await self.commits.insert(write, forwards, links)
         if created:
             self.metrics.conversions.labels(tenant=tenant.id, kind=conversion.kind, match_type=match_type).inc()
             if forwards and self.on_created is not None:
@@ -157,14 +159,13 @@ class Conversions:
                     return record, kind
         return None, "none"
 
-    async def _link(self, conn: asyncpg.Connection, tenant: Tenant, session_id: uuid.UUID,
-                    conversion: ConversionInput, now: datetime) -> None:
-        """A conversion that names the person links them to its session, for their next conversion elsewhere."""
-        for kind, value in (("email", conversion.email), ("phone", conversion.phone)):
-            if value is not None:
-                await identity_store.link_identity(
-                    conn, tenant.id, session_id, kind, self.keys.blind_index(tenant.id, kind, value),
-                    self.keys.encrypt(tenant.id, "identities", "enc", value), now)
+    def _links(self, tenant: Tenant, session_id: uuid.UUID, conversion: ConversionInput,
+               now: datetime) -> list[LinkWrite]:
+        """A conversion that names the person links them to its session, for their next conversion elsewhere
+        (written only when the conversion is created)."""
+        return [LinkWrite(session_id, kind, self.keys.blind_index(tenant.id, kind, value),
+                          self.keys.encrypt(tenant.id, "identities", "enc", value), now)
+                for kind, value in (("email", conversion.email), ("phone", conversion.phone)) if value is not None]
 
     def _write(self, tenant: Tenant, c: ConversionInput, conversion_id: uuid.UUID, attribution: Attribution,
                now: datetime) -> ConversionWrite:

@@ -22,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from halo_proxy.tracking.attribution import attribution_from_record, attribution_record
 from halo_proxy.tracking.models import CONVERSION_KINDS, MATCH_TYPES, Attribution
@@ -30,6 +31,7 @@ from .credits import CREDIT_VERSION, credit_arrays, days_to_convert
 from .db import translate_errors
 from .errors import StorageError
 from .identities import Bidx, bidx_list
+from .identities import check_kind as _check_link_kind
 from .outbox import ForwardWrite
 
 __all__ = [
@@ -40,7 +42,9 @@ __all__ = [
     "find_for_person",
     "get_conversion",
     "insert_conversion",
+    "insert_conversions",
     "list_conversions",
+    "LinkWrite",
 ]
 
 Executor = asyncpg.Pool | asyncpg.Connection
@@ -84,6 +88,18 @@ class ConversionWrite:
             raise ValueError(f"conversion kind must be one of {CONVERSION_KINDS}, not {self.kind!r}")
         if self.attribution.match_type not in MATCH_TYPES:
             raise ValueError(f"match type must be one of {MATCH_TYPES}, not {self.attribution.match_type!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkWrite:
+    """An identifier a conversion names, linked to its matched session once the conversion is created (see
+    `identities.link_identity`, whose rules the batch insert follows)."""
+
+    session_id: UUID
+    kind: str
+    bidx: bytes
+    enc: bytes
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +183,135 @@ SELECT {_COLUMNS} FROM conversion
 _INSERT_ATTEMPTS = 3
 
 
+# Many conversions in one statement (group commit: `conversion_writer.ConversionWriter`), with the same rules as
+# `_INSERT` for each: the conversions that are new are inserted, and only those get their forwards, their credits
+# and the links of the identifiers they name to their session. Every input is a parallel array: the conversions
+# ($1-$24, one entry each), their forwards ($25-$31), their credits ($32-$39) and their links ($40-$45), each
+# child row naming its conversion's id (the jsonb columns as JSON text); $46 the credit rules' version. Rows go in in key order (tenant, kind,
+# external id; a link's tenant, kind, index, session), so two batches that share keys wait for each other in the
+# same order and cannot deadlock; a batch naming one idempotency key twice inserts the first to arrive (DO NOTHING
+# skips the later), and a link named twice is written once (first and latest sighting, latest ciphertext).
+_INSERT_MANY = f"""
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+        $8::numeric[], $9::text[], $10::bytea[], $11::bytea[], $12::bytea[], $13::bytea[], $14::bytea[],
+        $15::bytea[], $16::bytea[], $17::text[], $18::text[], $19::boolean[], $20::uuid[], $21::text[],
+        $22::text[], $23::text[], $24::integer[]
+    ) WITH ORDINALITY AS x(id, tenant_id, kind, source, external_id, created_at, occurred_at, value, currency,
+           email_enc, email_bidx, phone_enc, phone_bidx, name_enc, message_enc, fields_enc,
+           form_type, items, consent_marketing, session_id, match_type, attribution, response, days_to_convert,
+           arrival)
+), conversion AS (
+    INSERT INTO conversions (
+        id, tenant_id, kind, source, external_id, created_at, occurred_at, value, currency,
+        email_enc, email_bidx, phone_enc, phone_bidx, name_enc, message_enc, fields_enc,
+        form_type, items, consent_marketing, session_id, match_type, attribution, response, credits_version
+    )
+    SELECT id, tenant_id, kind, source, external_id, created_at, occurred_at, value, currency,
+           email_enc, email_bidx, phone_enc, phone_bidx, name_enc, message_enc, fields_enc,
+           form_type, items::jsonb, consent_marketing, session_id, match_type, attribution::jsonb, response::jsonb,
+           $46
+    FROM input
+    ORDER BY tenant_id, kind, external_id, arrival
+    ON CONFLICT (tenant_id, kind, external_id) WHERE external_id IS NOT NULL DO NOTHING
+    RETURNING id, tenant_id, created_at, kind, currency
+), forwarded AS (
+    INSERT INTO forwards (
+        tenant_id, conversion_id, platform, event_id, status, reason, payload_enc,
+        attempts, next_attempt_at, created_at, updated_at
+    )
+    SELECT c.tenant_id, c.id, f.platform, f.event_id, f.status, f.reason, f.payload_enc,
+           0, coalesce(f.next_attempt_at, c.created_at), c.created_at, c.created_at
+    FROM unnest($25::uuid[], $26::text[], $27::text[], $28::text[], $29::text[], $30::bytea[],
+                $31::timestamptz[])
+             AS f(conversion_id, platform, event_id, status, reason, payload_enc, next_attempt_at)
+    JOIN conversion c ON c.id = f.conversion_id
+    RETURNING 1
+), credited AS (
+    INSERT INTO conversion_credits (
+        tenant_id, conversion_id, created_at, model, kind, source, medium, campaign, channel, conversions, revenue,
+        currency, days_to_convert
+    )
+    SELECT c.tenant_id, c.id, c.created_at, k.model, c.kind, k.source, k.medium, k.campaign, k.channel,
+           k.conversions, k.revenue, c.currency, x.days_to_convert
+    FROM unnest($32::uuid[], $33::text[], $34::text[], $35::text[], $36::text[], $37::text[], $38::numeric[],
+                $39::numeric[])
+             AS k(conversion_id, model, source, medium, campaign, channel, conversions, revenue)
+    JOIN conversion c ON c.id = k.conversion_id
+    JOIN input x ON x.id = c.id
+    RETURNING 1
+), link_input AS (
+    SELECT c.tenant_id, l.session_id, l.kind, l.bidx, l.enc, l.at
+    FROM unnest($40::uuid[], $41::uuid[], $42::text[], $43::bytea[], $44::bytea[], $45::timestamptz[])
+             AS l(conversion_id, session_id, kind, bidx, enc, at)
+    JOIN conversion c ON c.id = l.conversion_id
+), session AS (
+    -- locked as `identities.link_identity` locks it: a session deleted concurrently gets no link, no error
+    SELECT s.tenant_id, s.id FROM sessions s
+    WHERE (s.tenant_id, s.id) IN (SELECT tenant_id, session_id FROM link_input)
+    FOR KEY SHARE
+), linked AS (
+    INSERT INTO identities AS i (tenant_id, session_id, kind, bidx, enc, created_at, last_seen_at)
+    SELECT l.tenant_id, l.session_id, l.kind, l.bidx, (array_agg(l.enc ORDER BY l.at DESC))[1], min(l.at), max(l.at)
+    FROM link_input l JOIN session s ON s.tenant_id = l.tenant_id AND s.id = l.session_id
+    GROUP BY l.tenant_id, l.kind, l.bidx, l.session_id
+    ORDER BY l.tenant_id, l.kind, l.bidx, l.session_id
+    ON CONFLICT (tenant_id, kind, bidx, session_id) DO UPDATE SET
+        created_at = least(i.created_at, EXCLUDED.created_at),
+        last_seen_at = greatest(i.last_seen_at, EXCLUDED.last_seen_at),
+        enc = CASE WHEN EXCLUDED.last_seen_at >= i.last_seen_at THEN EXCLUDED.enc ELSE i.enc END
+    RETURNING 1
+)
+SELECT id FROM conversion
+"""
+
+
+_JSON_ARGS = (17, 21, 22)  # items, attribution, response among `_insert_args`
+
+
+async def insert_conversions(
+    db: Executor, items: Sequence[tuple[ConversionWrite, Sequence[ForwardWrite], Sequence[LinkWrite]]]
+) -> list[ConversionRecord | None]:
+    """Store many conversions, each with its forwards, credits and identity links, in one statement (one round
+    trip, one commit when `db` is the pool). For each item, in order: its row when it was created, or None when
+    its idempotency key was stored already (by an earlier statement or by an earlier item of this batch); the
+    caller resolves those with `insert_conversion`, which returns the first one's row."""
+    if not items:
+        return []
+    conv: list[list[Any]] = [[] for _ in range(24)]
+    fwd: list[list[Any]] = [[] for _ in range(7)]
+    cred: list[list[Any]] = [[] for _ in range(8)]
+    link: list[list[Any]] = [[] for _ in range(6)]
+    for write, forwards, links in items:
+        if len({f.platform for f in forwards}) != len(forwards):
+            raise ValueError("one forward per platform")
+        args = _insert_args(write, forwards)
+        for column, value in zip(conv[:23], args[:23], strict=True):
+            column.append(value)
+        for j in _JSON_ARGS:  # as JSON text: a list inside an array parameter would read as another dimension
+            conv[j][-1] = None if args[j] is None else orjson.dumps(args[j]).decode()
+        conv[23].append(args[37])
+        for f in forwards:
+            for column, value in zip(fwd, (write.id, f.platform, f.event_id, f.status, f.reason, f.payload_enc,
+                                           f.next_attempt_at), strict=True):
+                column.append(value)
+        for i in range(len(args[30])):
+            cred[0].append(write.id)
+            for j in range(7):
+                cred[j + 1].append(args[30 + j][i])
+        for item in links:
+            _check_link_kind(item.kind)
+            for column, value in zip(link, (write.id, item.session_id, item.kind, item.bidx, item.enc, item.at),
+                                     strict=True):
+                column.append(value)
+    with translate_errors():
+        rows = await db.fetch(_INSERT_MANY, *conv, *fwd, *cred, *link, CREDIT_VERSION)
+    # The created rows hold what was sent: built from the writes, nothing read back or decoded again.
+    created = {row["id"] for row in rows}
+    return [_written(write) if write.id in created else None for write, _, _ in items]
+
+
 def _session_uuid(value: str | UUID | None) -> UUID | None:
     if value is None or isinstance(value, UUID):
         return value
@@ -211,6 +356,21 @@ def _insert_args(write: ConversionWrite, forwards: Sequence[ForwardWrite]) -> tu
         *credit_arrays(write.attribution, write.occurred_at or write.created_at, value),
         days_to_convert(write.attribution),
     )
+
+
+def _written(write: ConversionWrite) -> ConversionRecord:
+    """The row `insert_conversions` stored for a write, as `_record` would read it back."""
+    value = write.value
+    return ConversionRecord(
+        id=write.id, tenant_id=write.tenant_id, kind=write.kind, source=write.source, external_id=write.external_id,
+        created_at=write.created_at, occurred_at=write.occurred_at or write.created_at,
+        value=Decimal(value) if isinstance(value, str) else value, currency=write.currency,
+        email_enc=write.email_enc, email_bidx=write.email_bidx, phone_enc=write.phone_enc,
+        phone_bidx=write.phone_bidx, name_enc=write.name_enc, message_enc=write.message_enc,
+        fields_enc=write.fields_enc, form_type=write.form_type, items=write.items,
+        consent_marketing=write.consent_marketing, session_id=_session_uuid(write.attribution.session_id),
+        match_type=write.attribution.match_type, attribution=write.attribution, response=write.response,
+        anonymized_at=None)
 
 
 def _record(row: asyncpg.Record) -> ConversionRecord:

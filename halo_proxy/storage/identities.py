@@ -67,7 +67,7 @@ class LinkedSession(NamedTuple):
     last_touch_at: datetime | None
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
     if kind not in IDENTITY_KINDS:
         raise ValueError(f"identity kind must be one of {IDENTITY_KINDS}, not {kind!r}")
 
@@ -95,7 +95,7 @@ async def link_identity(
 ) -> bool:
     """Link an identifier to a session (idempotent). False when the session does not exist: sessions are
     created only by tracked visits, never here."""
-    _check_kind(kind)
+    check_kind(kind)
     with translate_errors():
         return await db.fetchval(_LINK, tenant_id, session_id, kind, bidx, enc, at) is not None
 
@@ -122,7 +122,7 @@ async def sessions_for(
     """Sessions linked to the identifier, each with its latest touch at or before `before`: latest first,
     sessions without such a touch last. The first one with a touch is the one a conversion at `before`
     matches."""
-    _check_kind(kind)
+    check_kind(kind)
     with translate_errors():
         rows = await db.fetch(_SESSIONS_FOR, tenant_id, kind, bidx_list(bidx), before)
     return [LinkedSession(r["session_id"], r["last_touch_at"]) for r in rows]
@@ -137,7 +137,7 @@ def _record(row: asyncpg.Record) -> IdentityRecord:
 
 async def find_identities(db: Executor, tenant_id: str, kind: str, bidx: Bidx) -> list[IdentityRecord]:
     """Every link of one identifier, oldest first."""
-    _check_kind(kind)
+    check_kind(kind)
     with translate_errors():
         rows = await db.fetch(
             f"""SELECT {_COLUMNS} FROM identities WHERE tenant_id = $1 AND kind = $2 AND bidx = ANY($3::bytea[])
@@ -177,7 +177,7 @@ async def unlink_session(db: Executor, tenant_id: str, session_id: UUID) -> int:
 async def delete_identities(db: Executor, tenant_id: str, kind: str, bidx: Bidx) -> int:
     """Remove every link of one identifier (erasure); return how many were removed. Deleting the person's
     sessions removes their links too (by cascade)."""
-    _check_kind(kind)
+    check_kind(kind)
     with translate_errors():
         status = await db.execute(
             "DELETE FROM identities WHERE tenant_id = $1 AND kind = $2 AND bidx = ANY($3::bytea[])", tenant_id, kind,

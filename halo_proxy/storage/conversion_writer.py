@@ -1,0 +1,130 @@
+"""Group commit for conversions: the leads and orders that arrive together are stored in one statement.
+
+A conversion is answered only once it is committed (the contract), so each one used to cost its own statement and
+its own commit (a WAL flush). `ConversionWriter.insert` hands the conversion to a batch instead and waits for that
+batch's commit: while one batch is in the database, the conversions arriving behind it gather into the next, so
+the batch grows with the load and costs nothing at low load (a lone lead is stored at once, as before). Each
+caller gets what `conversions.insert_conversion` would have given it: the created row, or the first delivery's
+row for a repeated idempotency key. A batch the database refuses for its content (or a deadlock with another
+process) is written again one conversion at a time, so one bad row fails only its own request; the database
+being unreachable fails every request of the batch (503, nothing half-written: one statement).
+
+Hand-written: asyncpg pipelines only `executemany`, which returns no rows, and no library batches awaited
+inserts behind one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from . import conversions as conversion_store
+from . import identities as identity_store
+from .conversions import ConversionRecord, ConversionWrite, LinkWrite
+from .db import translate_errors
+from .errors import StorageError, StorageUnavailable
+from .outbox import ForwardWrite
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 200  # conversions per statement: a few hundred kilobytes of arguments at most
+
+
+@dataclass(slots=True)
+class _Pending:
+    write: ConversionWrite
+    forwards: Sequence[ForwardWrite]
+    links: Sequence[LinkWrite]
+    done: asyncio.Future[tuple[ConversionRecord, bool]] = field(repr=False)
+
+
+class ConversionWriter:
+    """Stores conversions in batches, each caller waiting for the commit of its own."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH):
+        self.pool = pool
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._running: asyncio.Task[None] | None = None
+        self.batches = 0  # statements sent (for tests and the benchmark's notes)
+
+    async def insert(self, write: ConversionWrite, forwards: Sequence[ForwardWrite] = (),
+                     links: Sequence[LinkWrite] = ()) -> tuple[ConversionRecord, bool]:
+        """(the row, True) when this conversion was created, (the stored row, False) for a repeated idempotency
+        key; the links are written only with a created conversion. Raises as `insert_conversion` does."""
+        if len({f.platform for f in forwards}) != len(forwards):
+            raise ValueError("one forward per platform")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(write, forwards, links, loop.create_future())
+        self._queue.append(pending)
+        if self._running is None:
+            self._running = loop.create_task(self._run())
+        # Shielded: a caller that goes away (its client disconnected) does not take the batch down with it; its
+        # conversion is stored like the others, as a statement in flight would have been.
+        return await asyncio.shield(pending.done)
+
+    async def close(self) -> None:
+        """Wait for the batches queued so far."""
+        while self._running is not None:
+            await asyncio.shield(self._running)
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                await self._write(batch)
+        finally:
+            self._running = None
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            self.batches += 1
+            records = await conversion_store.insert_conversions(
+                self.pool, [(p.write, p.forwards, p.links) for p in batch])
+        except StorageUnavailable as err:
+            for p in batch:
+                _fail(p, err)
+            return
+        except (StorageError, ValueError) as err:
+            if len(batch) > 1:
+                log.info("a batch of %d conversions was refused (%s); storing them one by one", len(batch), err)
+            for p in batch:
+                await self._write_one(p)
+            return
+        except BaseException as err:  # cancelled at shutdown, or a bug: no caller is left waiting for ever
+            for p in batch:
+                _fail(p, err if isinstance(err, Exception) else StorageUnavailable("storage is shutting down"))
+            raise
+        for p, record in zip(batch, records, strict=True):
+            if record is not None:
+                _succeed(p, (record, True))
+            else:  # a repeated idempotency key: the first delivery's row (rarely, a row deleted since: insert)
+                await self._write_one(p)
+
+    async def _write_one(self, p: _Pending) -> None:
+        try:
+            with translate_errors():  # the acquire's own timeout is "unavailable", as in the batch
+                async with self.pool.acquire() as conn, conn.transaction():
+                    record, created = await conversion_store.insert_conversion(conn, p.write, p.forwards)
+                    if created:
+                        for link in p.links:
+                            await identity_store.link_identity(conn, p.write.tenant_id, link.session_id,
+                                                               link.kind, link.bidx, link.enc, link.at)
+        except Exception as err:  # noqa: BLE001 - handed to the one caller it belongs to
+            _fail(p, err)
+        else:
+            _succeed(p, (record, created))
+
+
+def _succeed(p: _Pending, result: tuple[ConversionRecord, bool]) -> None:
+    if not p.done.done():
+        p.done.set_result(result)
+
+
+def _fail(p: _Pending, err: BaseException) -> None:
+    if not p.done.done():
+        p.done.set_exception(err)

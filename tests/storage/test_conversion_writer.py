@@ -1,0 +1,164 @@
+"""Group commit of conversions (`storage.conversion_writer`): many conversions per statement, each caller answered
+exactly as `insert_conversion` answers it, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import replace
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from halo_proxy.storage import conversions, identities, outbox, sessions
+from halo_proxy.storage.conversion_writer import ConversionWriter
+from halo_proxy.storage.conversions import LinkWrite
+from halo_proxy.storage.errors import StorageError, StorageUnavailable
+from halo_proxy.storage.outbox import ForwardWrite
+from tests.conftest import TestDatabase
+from tests.storage.test_conversions import DAY3, _visit, attribution, forwards, lead
+
+_tenants = itertools.count(1)
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"batch_tenant_{next(_tenants)}"
+
+
+def link(sid, bidx: bytes = b"E" * 16, at=DAY3, enc: bytes = b"\x01email") -> LinkWrite:
+    return LinkWrite(session_id=sid, kind="email", bidx=bidx, enc=enc, at=at)
+
+
+async def test_conversions_arriving_together_share_a_statement(db_pool: asyncpg.Pool, tenant: str) -> None:
+    """Sixty concurrent conversions: each created with its own row, forwards, credits and link, in fewer
+    statements than conversions; each caller's row is what the database holds."""
+    sid = uuid4()
+    await sessions.write_visits(db_pool, [_visit(tenant, sid, b"", b"")])
+    writer = ConversionWriter(db_pool)
+    n = 60
+    writes = [lead(tenant, external_id=f"e-{i}", attribution=attribution(sid)) for i in range(n)]
+    results = await asyncio.gather(*(
+        writer.insert(w, forwards("meta", "ga4"), [link(sid, bidx=bytes([i]) * 16)]) for i, w in enumerate(writes)))
+    assert [created for _, created in results] == [True] * n
+    assert [record.id for record, _ in results] == [w.id for w in writes]
+    assert 1 <= writer.batches < n
+    for w, (record, _) in zip(writes, results, strict=True):
+        assert await conversions.get_conversion(db_pool, tenant, w.id) == record
+    assert await db_pool.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = $1", tenant) == 2 * n
+    one = await db_pool.fetchval("SELECT count(*) FROM conversion_credits WHERE conversion_id = $1", writes[0].id)
+    assert one > 0
+    assert await db_pool.fetchval("SELECT count(*) FROM conversion_credits WHERE tenant_id = $1", tenant) == one * n
+    assert await db_pool.fetchval("SELECT count(*) FROM identities WHERE tenant_id = $1", tenant) == n
+    assert await db_pool.fetchval(
+        "SELECT count(*) FROM conversions WHERE tenant_id = $1 AND credits_version IS NULL", tenant) == 0
+
+
+async def test_a_batch_equals_one_by_one(db_pool: asyncpg.Pool, tenant: str) -> None:
+    """The batch statement stores exactly what the single insert stores (every column, forwards, credits)."""
+    sid = uuid4()
+    single, batched = (lead(tenant, external_id=x, attribution=attribution(sid), items=[{"sku": "A"}],
+                            fields_enc=b"\x01f") for x in ("one", "two"))
+    a, _ = await conversions.insert_conversion(db_pool, single, forwards("tiktok"))
+    [b] = await conversions.insert_conversions(db_pool, [(batched, forwards("tiktok"), ())])
+    assert b is not None
+    assert replace(b, id=a.id, external_id=a.external_id) == a
+
+    async def children(conversion_id) -> tuple[list, list]:
+        fwd = await db_pool.fetch("SELECT platform, event_id, status, reason, payload_enc, attempts, next_attempt_at "
+                                  "FROM forwards WHERE conversion_id = $1", conversion_id)
+        cred = await db_pool.fetch("SELECT model, kind, source, medium, campaign, channel, conversions, revenue, "
+                                   "currency, days_to_convert, created_at FROM conversion_credits "
+                                   "WHERE conversion_id = $1 ORDER BY model, source, campaign", conversion_id)
+        return [tuple(r) for r in fwd], [tuple(r) for r in cred]
+
+    assert await children(a.id) == await children(b.id)
+
+
+async def test_one_idempotency_key_twice_in_a_batch_creates_one(db_pool: asyncpg.Pool, tenant: str) -> None:
+    writer = ConversionWriter(db_pool)
+    first, second = lead(tenant, external_id="dup"), lead(tenant, external_id="dup")
+    (a, a_created), (b, b_created) = await asyncio.gather(
+        writer.insert(first, forwards("meta")), writer.insert(second, forwards("meta")))
+    assert (a_created, b_created) == (True, False)
+    assert a.id == b.id == first.id
+    assert writer.batches == 1
+    assert await db_pool.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = $1", tenant) == 1
+
+
+async def test_a_repeated_key_returns_the_first_and_links_nothing(db_pool: asyncpg.Pool, tenant: str) -> None:
+    sid = uuid4()
+    await sessions.write_visits(db_pool, [_visit(tenant, sid, b"", b"")])
+    writer = ConversionWriter(db_pool)
+    first, _ = await writer.insert(lead(tenant, external_id="k"), forwards("meta"))
+    again, created = await writer.insert(lead(tenant, external_id="k"), forwards("meta"), [link(sid)])
+    assert not created and again == first
+    assert await db_pool.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = $1", tenant) == 1
+    assert await identities.find_identities(db_pool, tenant, "email", b"E" * 16) == []
+
+
+async def test_links_follow_the_single_insert_rules(db_pool: asyncpg.Pool, tenant: str) -> None:
+    """One link written once when two conversions name it (the latest sighting, the first creation kept); a
+    session deleted meanwhile gets no link and fails nothing."""
+    sid, gone = uuid4(), uuid4()
+    await sessions.write_visits(db_pool, [_visit(tenant, sid, b"", b""), _visit(tenant, gone, b"", b"")])
+    await sessions.delete_sessions(db_pool, tenant, [gone])
+    early = DAY3.replace(hour=1)
+    rows = await conversions.insert_conversions(db_pool, [
+        (lead(tenant, external_id="a"), (), [link(sid, at=early, enc=b"\x01old")]),
+        (lead(tenant, external_id="b"), (), [link(sid, enc=b"\x01new")]),
+        (lead(tenant, external_id="c"), (), [link(gone)]),
+    ])
+    assert all(r is not None for r in rows)
+    [kept] = await identities.find_identities(db_pool, tenant, "email", b"E" * 16)
+    assert (kept.session_id, kept.created_at, kept.last_seen_at, kept.enc) == (sid, early, DAY3, b"\x01new")
+
+
+async def test_a_refused_row_fails_only_its_own_caller(db_pool: asyncpg.Pool, tenant: str) -> None:
+    writer = ConversionWriter(db_pool)
+    good = [lead(tenant, external_id=f"g{i}") for i in range(5)]
+    broken = ForwardWrite(platform="meta", event_id=None, payload_enc=b"\x01p")  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(
+        *(writer.insert(w, forwards("meta")) for w in good[:3]),
+        writer.insert(lead(tenant, external_id="bad"), [broken]),
+        *(writer.insert(w, forwards("meta")) for w in good[3:]),
+        return_exceptions=True)
+    assert isinstance(outcomes[3], StorageError)
+    assert [o[1] for i, o in enumerate(outcomes) if i != 3] == [True] * 5
+    assert await db_pool.fetchval("SELECT count(*) FROM conversions WHERE tenant_id = $1", tenant) == 5
+    assert await conversions.find_by_external_id(db_pool, tenant, "lead", "bad") is None
+    assert len(await outbox.forwards_for_conversions(db_pool, tenant, [w.id for w in good])) == 5
+
+
+async def test_an_unreachable_database_fails_every_caller(database: TestDatabase, tenant: str) -> None:
+    from halo_proxy.storage.db import create_pool
+
+    pool = await create_pool(database.dsn, min_size=1, max_size=2)
+    writer = ConversionWriter(pool)
+    await pool.close()
+    outcomes = await asyncio.gather(*(writer.insert(lead(tenant, external_id=f"u{i}")) for i in range(3)),
+                                    return_exceptions=True)
+    assert all(isinstance(o, StorageUnavailable) for o in outcomes), outcomes
+
+
+async def test_a_caller_that_goes_away_does_not_lose_its_conversion(db_pool: asyncpg.Pool, tenant: str) -> None:
+    """A request cancelled while its batch is in the database (its client disconnected): the conversion is
+    stored, the batch's other callers answered; close() waits for what is in flight."""
+    writer = ConversionWriter(db_pool)
+    gone, other = lead(tenant, external_id="gone"), lead(tenant, external_id="other")
+    task = asyncio.ensure_future(writer.insert(gone))
+    kept = asyncio.ensure_future(writer.insert(other))
+    await asyncio.sleep(0)  # both queued, the batch started
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await kept)[1] is True
+    await writer.close()
+    assert await conversions.get_conversion(db_pool, tenant, gone.id) is not None
+
+
+def test_a_link_of_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError):
+        asyncio.run(conversions.insert_conversions(None, [  # type: ignore[arg-type]
+            (lead("t"), (), [LinkWrite(session_id=uuid4(), kind="fax", bidx=b"x", enc=b"y", at=DAY3)])]))
