@@ -17,9 +17,10 @@ rates, restarted every minute so each minute's figures are printed as it ends:
 
 Every `--sample-seconds` the worker's resident set size (VmRSS, /proc/<pid>/status) and its PostgreSQL's (the sum
 over its processes, shared buffers counted once per process that touched them) are sampled. The report gives RSS at
-the end of the first minute (after warm-up: caches, pools and the interpreter's arenas filled), at the end and the
-maximum, the slope of a least-squares line over the samples after the first minute, and whether it stayed flat
-(the last minute's median within 5 % of the first minute's end). Loopback only; it stops by itself.
+the end of the warm-up (`--warmup-minutes`, default 2, traffic as in the soak: the cache of injected pages, the pools
+and the interpreter's arenas filled), at the end and the maximum, the slope of a least-squares line over the
+samples after the warm-up, and whether it stayed flat over the `--minutes` that follow (the last minute's median
+within 5 % of the warm-up's end). Loopback only; it stops by itself.
 """
 
 from __future__ import annotations
@@ -92,11 +93,14 @@ def start_chunk(binary: Path, tmp: Path, plans: dict[str, scenarios.RequestPlan]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the soak (default 10)")
+    parser.add_argument("--warmup-minutes", type=float, default=2.0,
+                        help="traffic before the soak is judged (default 2): the cache of injected pages, the pools "
+                             "and the interpreter's arenas fill in it")
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval (default 5)")
     parser.add_argument("--no-append", action="store_true", help="do not append to docs/performance.md")
     args = parser.parse_args()
-    if not 0.5 <= args.minutes <= 30 or not 0.5 <= args.sample_seconds <= 60:
-        parser.error("--minutes must be 0.5..30, --sample-seconds 0.5..60")
+    if not 0.5 <= args.minutes <= 120 or not 0.5 <= args.sample_seconds <= 60 or not 0 <= args.warmup_minutes <= 10:
+        parser.error("--minutes must be 0.5..120, --warmup-minutes 0..10, --sample-seconds 0.5..60")
     layout = harness.choose_layout(True)
     if layout.gen_cpus:
         os.sched_setaffinity(0, layout.gen_cpus)
@@ -127,9 +131,9 @@ def main() -> int:
             data_dir = harness.halo_data_dir(tmp)
             rows_before = harness.count_conversions(data_dir) or 0
             t0 = time.monotonic()
-            end = t0 + args.minutes * 60
+            end = t0 + (args.warmup_minutes + args.minutes) * 60
             minute = 0
-            print(f"soak: {args.minutes:g} min of {', '.join(f'{n} {r}/s' for n, r in TRAFFIC.items())} against "
+            print(f"soak: {args.warmup_minutes:g} min of warm-up, then {args.minutes:g} min of {', '.join(f'{n} {r}/s' for n, r in TRAFFIC.items())} against "
                   f"worker {worker}; {layout.describe()}; load average {load_start}", flush=True)
             while time.monotonic() < end - 1:
                 seconds = min(60.0, end - time.monotonic())
@@ -178,19 +182,20 @@ def report(args: argparse.Namespace, samples: list[tuple[float, int, int]], tota
            rows_before: int, rows_after: int | None, started_at: dt.datetime, load_start: str,
            layout: harness.Layout) -> int:
     mib = [(t, w / 1024, d / 1024) for t, w, d in samples]
-    warm = [s for s in mib if s[0] >= 60] or mib
+    warm = [s for s in mib if s[0] >= max(args.warmup_minutes, 1 / 60) * 60] or mib
     first = warm[0]
-    last_minute = [s[1] for s in mib if s[0] >= mib[-1][0] - 60]
+    last_minute = [s[1] for s in warm if s[0] >= mib[-1][0] - 60]
     end_median = statistics.median(last_minute)
     peak = max(mib, key=lambda s: s[1])
     slope = slope_per_minute([(t, w) for t, w, _ in warm])
-    half = [s for s in mib if s[0] >= mib[-1][0] / 2]
+    half = [s for s in warm if s[0] >= (warm[0][0] + mib[-1][0]) / 2]
     second_half = half[-1][1] - half[0][1] if half else float("nan")
     flat = abs(end_median - first[1]) <= FLAT_TOLERANCE * first[1]
     created = totals["lead"].created
     stored = None if rows_after is None else rows_after - rows_before
     lines = [
-        f"## Memory soak, {started_at:%Y-%m-%d %H:%M} UTC: {args.minutes:g} minutes of mixed traffic, one worker",
+        f"## Memory soak, {started_at:%Y-%m-%d %H:%M} UTC: {args.minutes:g} minutes of mixed traffic after "
+        f"{args.warmup_minutes:g} of warm-up, one worker",
         "",
         *harness.machine_lines("wrk", layout, False)[:2],
         f"- Command: `{harness.display_command('bench/soak.py')}`; {layout.describe()}; "
@@ -206,15 +211,16 @@ def report(args: argparse.Namespace, samples: list[tuple[float, int, int]], tota
         lines.append(f"| `{name}` | {t.sent} | {t.answered} | {t.errors} | {spread} |")
     lines += [
         "",
-        f"- Worker RSS (VmRSS): **{mib[0][1]:.1f} MiB** at the first sample, **{first[1]:.1f} MiB** after the first "
-        f"minute, **{mib[-1][1]:.1f} MiB** at the end (last minute's median {end_median:.1f}), maximum "
-        f"**{peak[1]:.1f} MiB** at {peak[0] / 60:.1f} min; least-squares slope after the first minute "
+        f"- Worker RSS (VmRSS): **{mib[0][1]:.1f} MiB** at the first sample, **{first[1]:.1f} MiB** after the "
+        f"warm-up ({args.warmup_minutes:g} min), **{mib[-1][1]:.1f} MiB** at the end (last minute's median "
+        f"{end_median:.1f}), maximum **{peak[1]:.1f} MiB** at {peak[0] / 60:.1f} min; least-squares slope after "
+        f"the warm-up "
         f"{slope:+.2f} MiB/min over {len(warm)} samples every {args.sample_seconds:g} s: "
         + ("**flat**" if flat else "**NOT flat**")
-        + f" (the last minute's median within {FLAT_TOLERANCE:.0%} of the first minute's end: "
+        + f" (the last minute's median within {FLAT_TOLERANCE:.0%} of the warm-up's end: "
         f"{end_median - first[1]:+.1f} MiB); over the second half alone {second_half:+.1f} MiB",
         f"- PostgreSQL (sum of its processes' RSS, shared buffers counted in each): {mib[0][2]:.0f} MiB at the "
-        f"start, {first[2]:.0f} after the first minute, {mib[-1][2]:.0f} at the end",
+        f"start, {first[2]:.0f} after the warm-up, {mib[-1][2]:.0f} at the end",
         f"- Leads: {created} answered 201, "
         + (f"{stored} rows stored" if stored is not None else "the database could not be read afterwards"),
     ]

@@ -593,6 +593,47 @@ async def test_a_lead_for_a_session_still_queued_does_not_hang_a_one_connection_
     assert recorded.created and recorded.body["match_type"] == "session"
 
 
+async def test_a_conversion_right_after_a_campaign_click_counts_that_click(database, clean):
+    """The visitor's latest page view (a new touch) still sits in the page-view queue when their lead arrives: the
+    queue is flushed first, so the lead is credited to that click, not only to the touches stored before."""
+    from uuid import uuid4
+
+    from halo_proxy.services.conversions import Conversions
+    from halo_proxy.storage.db import create_pool
+    from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.storage.write_queue import VisitWriter
+    from halo_proxy.tracking.conversion import parse_lead
+    from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+
+    pool = await create_pool(database.dsn, min_size=1, max_size=2)
+    try:
+        metrics = Metrics()
+        writer = VisitWriter(pool, metrics)  # not started: only a flush writes
+        session_id = uuid4()
+
+        def visit(at, source, medium, is_new):
+            return SessionWrite(tenant_id="shop", session_id=session_id, is_new=is_new,
+                                touch=Touch(at=at, source=source, medium=medium), device=Device("desktop", None, None),
+                                geo=Geo(), consent=Consent(True, True, source="x"), at=at)
+
+        writer.submit(visit(DAY1, "google", "cpc", True))
+        await writer.flush()
+        clicked = DAY1 + timedelta(days=1)
+        writer.submit(visit(clicked, "facebook", "social", False))  # queued, not yet written
+        assert writer.holds("shop", session_id) and not writer.holds("other", session_id)
+        conversions = Conversions(pool, KEYS, writer, metrics)
+        lead = parse_lead({"email": "q@example.cz", "event_id": "right-after"}, source="api",
+                          default_region="CZ", default_currency="CZK")
+        recorded = await conversions.record(settings(1).tenant("shop"), lead, session_id,
+                                            clicked + timedelta(seconds=1))
+        assert not writer.holds("shop", session_id)
+    finally:
+        await pool.close()
+    attribution = recorded.body["attribution"]
+    assert recorded.created and recorded.body["match_type"] == "session"
+    assert (attribution["first_touch"]["source"], attribution["last_touch"]["source"]) == ("google", "facebook")
+
+
 @pytest.mark.parametrize("route", ["/_halo/webhook/order", "/_halo/webhook/lead", "/_halo/identify",
                                    "/_halo/webhook/shopify", "/_halo/webhook/stripe"])
 async def test_a_content_type_that_made_the_header_parser_recurse_is_not_a_500(site, http, route):

@@ -121,6 +121,11 @@ class Conversions:
         # Matched on the pool, no connection held: finding a session still queued flushes the page-view writer,
         # which needs a connection of its own (with the pool exhausted, holding one here would deadlock).
         session, match_type = await self._match(self.pool, tenant, conversion, cookie_session, converted_at)
+        if session is not None and self.writer.holds(tenant.id, session.id):
+            # The visitor's latest page view (a new touch, a consent change) is still queued here: stored
+            # first, so that what brought them counts.
+            await self.writer.flush()
+            session = await session_store.get_session(self.pool, tenant.id, session.id) or session
         if session is not None:
             touches = await session_store.list_touches(self.pool, tenant.id, session.id, until=converted_at)
             attribution = attribute(touches, match_type=match_type, session_id=str(session.id),

@@ -5,9 +5,10 @@ its own commit (a WAL flush). `ConversionWriter.insert` hands the conversion to 
 batch's commit: while one batch is in the database, the conversions arriving behind it gather into the next, so
 the batch grows with the load and costs nothing at low load (a lone lead is stored at once, as before). Each
 caller gets what `conversions.insert_conversion` would have given it: the created row, or the first delivery's
-row for a repeated idempotency key. A batch the database refuses for its content (or a deadlock with another
-process) is written again one conversion at a time, so one bad row fails only its own request; the database
-being unreachable fails every request of the batch (503, nothing half-written: one statement).
+row for a repeated idempotency key. A batch the database does not store (one row refused for its content, a row
+lock waited for past `lock_timeout`, a deadlock with another process) is written again one conversion at a time,
+beside the next batches, so one bad or contended row fails or waits only for its own request; the database being
+unreachable fails every request of the batch (503, nothing half-written: one transaction).
 
 Hand-written: asyncpg pipelines only `executemany`, which returns no rows, and no library batches awaited
 inserts behind one commit.
@@ -26,7 +27,7 @@ from . import conversions as conversion_store
 from . import identities as identity_store
 from .conversions import ConversionRecord, ConversionWrite, LinkWrite
 from .db import translate_errors
-from .errors import StorageError, StorageUnavailable
+from .errors import StorageUnavailable
 from .outbox import ForwardWrite
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,20 @@ class _Pending:
 
 
 class ConversionWriter:
-    """Stores conversions in batches, each caller waiting for the commit of its own."""
+    """Stores conversions in batches, each caller waiting for the commit of its own.
+
+    One batch is in the database at a time, and it never waits long for a row lock (`insert_conversions`'
+    `lock_timeout`): a conversion whose idempotency key another transaction holds, a batch refused for one bad
+    row, and the repeats of keys stored before are each finished on their own, beside the next batches, so no
+    one conversion holds up the others.
+    """
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH):
         self.pool = pool
         self.max_batch = max_batch
         self._queue: list[_Pending] = []
         self._running: asyncio.Task[None] | None = None
+        self._alone: set[asyncio.Task[None]] = set()  # conversions being finished one by one
         self.batches = 0  # statements sent (for tests and the benchmark's notes)
 
     async def insert(self, write: ConversionWrite, forwards: Sequence[ForwardWrite] = (),
@@ -68,15 +76,23 @@ class ConversionWriter:
         return await asyncio.shield(pending.done)
 
     async def close(self) -> None:
-        """Wait for the batches queued so far."""
-        while self._running is not None:
-            await asyncio.shield(self._running)
+        """Wait for everything queued so far to be stored (or to fail)."""
+        while self._running is not None or self._alone:
+            await asyncio.gather(*(t for t in (self._running, *self._alone) if t is not None),
+                                 return_exceptions=True)
 
     async def _run(self) -> None:
+        batch: list[_Pending] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 await self._write(batch)
+        except BaseException as err:  # cancelled (shutdown): nobody is left waiting for ever
+            failure = StorageUnavailable("storage is shutting down") if not isinstance(err, Exception) else err
+            for p in (*batch, *self._queue):
+                _fail(p, failure)
+            self._queue = []
+            raise
         finally:
             self._running = None
 
@@ -89,21 +105,24 @@ class ConversionWriter:
             for p in batch:
                 _fail(p, err)
             return
-        except (StorageError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - refused for one row's content, a lock waited for, a bug
             if len(batch) > 1:
-                log.info("a batch of %d conversions was refused (%s); storing them one by one", len(batch), err)
+                log.info("a batch of %d conversions was not stored (%s); storing them one by one", len(batch),
+                         type(err).__name__)
             for p in batch:
-                await self._write_one(p)
+                self._finish_alone(p)
             return
-        except BaseException as err:  # cancelled at shutdown, or a bug: no caller is left waiting for ever
-            for p in batch:
-                _fail(p, err if isinstance(err, Exception) else StorageUnavailable("storage is shutting down"))
-            raise
         for p, record in zip(batch, records, strict=True):
             if record is not None:
                 _succeed(p, (record, True))
-            else:  # a repeated idempotency key: the first delivery's row (rarely, a row deleted since: insert)
-                await self._write_one(p)
+        for p, record in zip(batch, records, strict=True):
+            if record is None:  # a repeated idempotency key: the first delivery's row (rarely: stored since)
+                self._finish_alone(p)
+
+    def _finish_alone(self, p: _Pending) -> None:
+        task = asyncio.get_running_loop().create_task(self._write_one(p))
+        self._alone.add(task)
+        task.add_done_callback(self._alone.discard)
 
     async def _write_one(self, p: _Pending) -> None:
         try:
@@ -116,6 +135,9 @@ class ConversionWriter:
                                                                link.kind, link.bidx, link.enc, link.at)
         except Exception as err:  # noqa: BLE001 - handed to the one caller it belongs to
             _fail(p, err)
+        except BaseException:
+            _fail(p, StorageUnavailable("storage is shutting down"))
+            raise
         else:
             _succeed(p, (record, created))
 

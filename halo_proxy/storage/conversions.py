@@ -215,7 +215,7 @@ WITH input AS (
     FROM input
     ORDER BY tenant_id, kind, external_id, arrival
     ON CONFLICT (tenant_id, kind, external_id) WHERE external_id IS NOT NULL DO NOTHING
-    RETURNING id, tenant_id, created_at, kind, currency
+    RETURNING {_COLUMNS}
 ), forwarded AS (
     INSERT INTO forwards (
         tenant_id, conversion_id, platform, event_id, status, reason, payload_enc,
@@ -250,6 +250,7 @@ WITH input AS (
     -- locked as `identities.link_identity` locks it: a session deleted concurrently gets no link, no error
     SELECT s.tenant_id, s.id FROM sessions s
     WHERE (s.tenant_id, s.id) IN (SELECT tenant_id, session_id FROM link_input)
+    ORDER BY s.tenant_id, s.id
     FOR KEY SHARE
 ), linked AS (
     INSERT INTO identities AS i (tenant_id, session_id, kind, bidx, enc, created_at, last_seen_at)
@@ -263,18 +264,20 @@ WITH input AS (
         enc = CASE WHEN EXCLUDED.last_seen_at >= i.last_seen_at THEN EXCLUDED.enc ELSE i.enc END
     RETURNING 1
 )
-SELECT id FROM conversion
+SELECT {_COLUMNS} FROM conversion
 """
 
 
 _JSON_ARGS = (17, 21, 22)  # items, attribution, response among `_insert_args`
+LOCK_TIMEOUT_MS = 500  # the longest a batch waits for one row lock
 
 
 async def insert_conversions(
-    db: Executor, items: Sequence[tuple[ConversionWrite, Sequence[ForwardWrite], Sequence[LinkWrite]]]
+    db: asyncpg.Pool, items: Sequence[tuple[ConversionWrite, Sequence[ForwardWrite], Sequence[LinkWrite]]]
 ) -> list[ConversionRecord | None]:
-    """Store many conversions, each with its forwards, credits and identity links, in one statement (one round
-    trip, one commit when `db` is the pool). For each item, in order: its row when it was created, or None when
+    """Store many conversions, each with its forwards, credits and identity links, in one statement and one
+    transaction of its own (a connection of the pool; a row lock waited for past `LOCK_TIMEOUT_MS` is a
+    StorageError, nothing stored). For each item, in order: its row when it was created, or None when
     its idempotency key was stored already (by an earlier statement or by an earlier item of this batch); the
     caller resolves those with `insert_conversion`, which returns the first one's row."""
     if not items:
@@ -306,10 +309,19 @@ async def insert_conversions(
                                      strict=True):
                 column.append(value)
     with translate_errors():
-        rows = await db.fetch(_INSERT_MANY, *conv, *fwd, *cred, *link, CREDIT_VERSION)
-    # The created rows hold what was sent: built from the writes, nothing read back or decoded again.
-    created = {row["id"] for row in rows}
-    return [_written(write) if write.id in created else None for write, _, _ in items]
+        async with db.acquire() as conn:
+            # One transaction that waits at most LOCK_TIMEOUT_MS for a row lock (a repeated key another transaction
+            # holds): a batch never waits long for one of its rows; the caller finishes that row on its own.
+            await conn.execute(f"BEGIN; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            try:
+                rows = await conn.fetch(_INSERT_MANY, *conv, *fwd, *cred, *link, CREDIT_VERSION)
+            except Exception:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
+                raise  # cancelled instead: the pool rolls back on release
+            await conn.execute("COMMIT")
+    created = {row["id"]: _record(row) for row in rows}
+    return [created.get(write.id) for write, _, _ in items]
 
 
 def _session_uuid(value: str | UUID | None) -> UUID | None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
+from uuid import UUID
 
 import asyncpg
 
@@ -78,6 +79,7 @@ class VisitWriter:
         self._visits: deque[SessionWrite | PendingVisit | ConsentUpdate] = deque()
         self._anon: dict[tuple, int] = {}
         self._wake = asyncio.Event()
+        self._writing: list[SessionWrite | PendingVisit | ConsentUpdate] = []  # the batch in the database now
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -95,6 +97,17 @@ class VisitWriter:
         if len(self._visits) >= self.batch_size:
             self._wake.set()
         return accepted
+
+    def holds(self, tenant_id: str, session_id: UUID) -> bool:
+        """Whether a write of this session is queued or being written here (a scan of at most one interval's
+        page views): a conversion matched to it flushes first, so that the touch that just brought the visitor
+        counts."""
+        for w in self._visits:
+            target = w.write if isinstance(w, PendingVisit) else w
+            if target.session_id == session_id and target.tenant_id == tenant_id:
+                return True
+        return any((w.write if isinstance(w, PendingVisit) else w).session_id == session_id
+                   for w in self._writing)
 
     def count_anon(self, event: AnonEvent) -> None:
         key = event.key
@@ -132,6 +145,7 @@ class VisitWriter:
                         self._anon[key] = self._anon.get(key, 0) + count
             while ok and self._visits:
                 batch = [self._visits.popleft() for _ in range(min(self.batch_size, len(self._visits)))]
+                self._writing = batch
                 try:
                     await self._write(batch)
                 except _UNAVAILABLE as err:
@@ -145,6 +159,7 @@ class VisitWriter:
                 except Exception as err:  # noqa: BLE001 - a bad row must not stop every later page view
                     self._storage_failed("visits", err)
                     await self._write_one_by_one(batch)
+            self._writing = []
             self.metrics.write_queue.set(len(self._visits))
             if ok:
                 self.healthy = True

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import replace
+from datetime import timedelta, timezone
 from uuid import uuid4
 
 import asyncpg
+import orjson
 import pytest
 
 from halo_proxy.storage import conversions, identities, outbox, sessions
@@ -162,3 +164,57 @@ def test_a_link_of_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
         asyncio.run(conversions.insert_conversions(None, [  # type: ignore[arg-type]
             (lead("t"), (), [LinkWrite(session_id=uuid4(), kind="fax", bidx=b"x", enc=b"y", at=DAY3)])]))
+
+
+async def test_a_key_locked_elsewhere_holds_up_only_its_own_repeat(db_pool: asyncpg.Pool, database: TestDatabase,
+                                                                    tenant: str) -> None:
+    """Another transaction holds the row of key "k" (an erasure, a key rotation): its repeat waits for it, while
+    the conversions batched beside it, another tenant's among them, are stored and answered meanwhile."""
+    writer = ConversionWriter(db_pool)
+    first, _ = await writer.insert(lead(tenant, external_id="k"))
+    blocker = await asyncpg.connect(database.dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("UPDATE conversions SET form_type = 'held' WHERE id = $1", first.id)
+        repeat = asyncio.ensure_future(writer.insert(lead(tenant, external_id="k")))
+        others = [lead(tenant, external_id="x"), lead(f"{tenant}_other", external_id="y")]
+        stored = await asyncio.wait_for(asyncio.gather(*(writer.insert(w) for w in others)), 20)
+        assert [created for _, created in stored] == [True, True]
+        assert not repeat.done()  # still waiting for the lock, on its own
+        await tx.rollback()
+        again, created = await asyncio.wait_for(repeat, 20)
+        assert not created and again.id == first.id
+    finally:
+        await blocker.close()
+
+
+async def test_an_unexpected_error_fails_only_its_own_caller(db_pool: asyncpg.Pool, tenant: str) -> None:
+    """A write that cannot even be encoded (a value JSON has no form for) fails alone; the conversions in its batch
+    and those queued behind it (beyond one batch) are stored and answered."""
+    writer = ConversionWriter(db_pool, max_batch=3)
+    bad = lead(tenant, external_id="bad", items=[{"price": object()}])
+    good = [lead(tenant, external_id=f"g{i}") for i in range(4)]
+    outcomes = await asyncio.wait_for(asyncio.gather(
+        writer.insert(good[0]), writer.insert(bad), writer.insert(good[1]), writer.insert(good[2]),
+        writer.insert(good[3]), return_exceptions=True), 20)
+    assert isinstance(outcomes[1], Exception) and not isinstance(outcomes[1], asyncio.CancelledError)
+    assert [o[1] for i, o in enumerate(outcomes) if i != 1] == [True] * 4
+    await writer.close()
+    assert writer._queue == [] and writer._running is None and not writer._alone
+
+
+async def test_the_first_answer_is_the_answer_a_repeat_gets(db_pool: asyncpg.Pool, tenant: str) -> None:
+    """What a batch returns is the row as stored (amounts to the column's scale, times in UTC, JSON as the database
+    keeps it): a re-delivery reads back exactly the same."""
+    writer = ConversionWriter(db_pool)
+    sid = uuid4()
+    write = lead(tenant, external_id="same", value="12.5", occurred_at=DAY3.astimezone(timezone(timedelta(hours=2))),
+                 items=[{"z": 1, "a": 2}], attribution=attribution(sid),
+                 response={"id": "r", "match_type": "session", "attribution": {"z": 1, "a": 2}})
+    record, created = await writer.insert(write)
+    again, repeated = await writer.insert(replace(write, id=uuid4()))
+    assert (created, repeated) == (True, False)
+    assert orjson.dumps(record.response) == orjson.dumps(again.response)
+    assert (str(record.value), str(record.occurred_at)) == (str(again.value), str(again.occurred_at))
+    assert record == again

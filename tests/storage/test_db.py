@@ -81,13 +81,18 @@ async def database_last_query(database: TestDatabase, pid: int) -> str:
         await other.close()
 
 
-# Session state a connection could carry to its next user, were it kept: each must not appear in HaloTrack's SQL.
+# Session state a connection could carry to its next user, were it kept: each must not appear in HaloTrack's SQL
+# (Python strings, where a statement starts after a quote or a semicolon, and the migrations' .sql files).
 _SESSION_STATE = {
     "a session-level advisory lock": re.compile(r"pg_(try_)?advisory_lock(_shared)?\s*\(", re.I),
-    "LISTEN": re.compile(r"""["';]\s*LISTEN\s+\w"""),  # SQL keywords are upper case in HaloTrack's SQL
+    "LISTEN": re.compile(r"""(^|["';])\s*LISTEN\s+["\w]""", re.M),  # SQL keywords are upper case in HaloTrack
     "a cursor held past its transaction": re.compile(r"\bWITH\s+HOLD\b", re.I),
-    "a session SET": re.compile(r"""["';]\s*SET\s+(?!LOCAL\b)(SESSION\s+)?[a-z_.]+\s*(=|TO\b)""", re.I),
-    "set_config for the session": re.compile(r"set_config\s*\([^)]*,\s*false\s*\)", re.I),
+    # (an UPDATE keeps its SET on the line of its table name, as HaloTrack's SQL does, so it is not read as one)
+    "a session SET": re.compile(r"""(^|["';])\s*SET\s+(?!LOCAL\b)(SESSION\s+)?\w""", re.I | re.M),
+    "RESET or DISCARD": re.compile(r"""(^|["';])\s*(RESET|DISCARD)\s+\w""", re.M),
+    "set_config": re.compile(r"\bset_config\s*\(", re.I),
+    "a temporary table": re.compile(r"\bCREATE\s+(TEMP|TEMPORARY)\s+TABLE\b", re.I),
+    "a named prepared statement": re.compile(r"""(^|["';])\s*PREPARE\s+\w""", re.M),
     "asyncpg listeners": re.compile(r"\.add_listener\s*\("),
 }
 
@@ -96,7 +101,7 @@ def test_no_session_state_in_halotrack_sql():
     """What makes the empty reset safe: no statement leaves state on the connection for its next user."""
     root = Path(__file__).resolve().parents[2] / "halo_proxy"
     found = []
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.sql")]):
         text = path.read_text()
         for what, pattern in _SESSION_STATE.items():
             for m in pattern.finditer(text):
@@ -106,5 +111,9 @@ def test_no_session_state_in_halotrack_sql():
     assert _SESSION_STATE["a session SET"].search('"SET statement_timeout = 0"')
     assert not _SESSION_STATE["a session SET"].search('"SET LOCAL statement_timeout = 0"')
     assert not _SESSION_STATE["a session SET"].search("UPDATE t SET a = 1")
+    assert _SESSION_STATE["a session SET"].search("SET ROLE reporting;") and \
+        _SESSION_STATE["a session SET"].search("'SET TIME ZONE UTC'")
+    assert _SESSION_STATE["LISTEN"].search('"LISTEN halo_wake"')
+    assert not _SESSION_STATE["LISTEN"].search('help="listen address"')
     assert _SESSION_STATE["a session-level advisory lock"].search("SELECT pg_advisory_lock($1)")
     assert not _SESSION_STATE["a session-level advisory lock"].search("SELECT pg_advisory_xact_lock($1)")
