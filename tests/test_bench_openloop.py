@@ -136,7 +136,9 @@ async def test_template_counter_pool_order_and_counted_status(binary, aiohttp_se
     spec = request_file(tmp_path, "p", body, openloop.raw_request("GET", "/missing", (("Host", "t"),), ""))
     result = await run_generator(binary, spec, server.port, count_status=201)
     total, measured = openloop.schedule(400, 0.05, 0.25)
-    assert seen[:4] == ["/created", "/missing", "/created", "/missing"]
+    # the pool taken in order: every other request the first one (arrival order across its four connections is
+    # the server's, which a stalled machine may shuffle)
+    assert len(seen) == result.sent and seen.count("/created") == (result.sent + 1) // 2
     assert result.counted_all == (total + 1) // 2 and result.counted + result.s4xx == measured
     assert result.status_errors == result.s4xx and result.s2xx == result.counted
 

@@ -405,3 +405,29 @@ async def test_a_click_id_cannot_add_attributes_to_a_cookie(site, browser, clean
         assert resp.status == 200
         lines = resp.headers.getall("Set-Cookie", [])
     assert lines and not any("Domain" in line or "/x" in line or "evil" in line for line in lines), lines
+
+
+def test_holds_finds_a_queued_write_of_the_session_and_bounds_its_scan():
+    """What a conversion asks before matching: is this session's latest page view still queued here? A sealed
+    visit and a plain one are found, another tenant's session of the same id is not; a queue longer than the scan
+    bound (the database slow or away) answers yes without looking."""
+    from dataclasses import replace
+    from uuid import uuid4
+
+    from halo_proxy.storage import write_queue
+    from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.storage.write_queue import PendingVisit, VisitWriter
+    from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+
+    writer = VisitWriter(None, Metrics())  # type: ignore[arg-type] # never flushed
+    base = SessionWrite(tenant_id="shop", session_id=uuid4(), is_new=True, touch=Touch(at=DAY1, source="g"),
+                        device=Device("desktop", None, None), geo=Geo(), consent=Consent(True, True, source="x"),
+                        at=DAY1)
+    sealed_later = replace(base, session_id=uuid4())
+    writer.submit(base)
+    writer.submit(PendingVisit(sealed_later, KEYS, "203.0.113.1", "UA"))
+    assert writer.holds("shop", base.session_id) and writer.holds("shop", sealed_later.session_id)
+    assert not writer.holds("other", base.session_id) and not writer.holds("shop", uuid4())
+    for _ in range(write_queue.HOLDS_SCAN_MAX):
+        writer.submit(replace(base, session_id=uuid4()))
+    assert writer.holds("shop", uuid4())

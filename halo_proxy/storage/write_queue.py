@@ -25,6 +25,7 @@ from .errors import StorageError, StorageUnavailable
 log = logging.getLogger(__name__)
 
 UA_MAX_STORED = 512
+HOLDS_SCAN_MAX = 5_000  # queued writes `holds` looks through (about ten flush intervals at a busy worker's rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +102,15 @@ class VisitWriter:
     def holds(self, tenant_id: str, session_id: UUID) -> bool:
         """Whether a write of this session is queued or being written here (a scan of at most one interval's
         page views): a conversion matched to it flushes first, so that the touch that just brought the visitor
-        counts."""
-        for w in self._visits:
-            target = w.write if isinstance(w, PendingVisit) else w
-            if target.session_id == session_id and target.tenant_id == tenant_id:
-                return True
-        return any((w.write if isinstance(w, PendingVisit) else w).session_id == session_id
-                   for w in self._writing)
+        counts. A queue longer than `HOLDS_SCAN_MAX` (the database slow or away) is not scanned: True."""
+        if len(self._visits) > HOLDS_SCAN_MAX:
+            return True
+        for queued in (self._visits, self._writing):
+            for w in queued:
+                target = w.write if isinstance(w, PendingVisit) else w
+                if target.session_id == session_id and target.tenant_id == tenant_id:
+                    return True
+        return False
 
     def count_anon(self, event: AnonEvent) -> None:
         key = event.key
