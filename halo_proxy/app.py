@@ -204,7 +204,7 @@ async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """The use cases and their routes' bodies (no resource of their own: nothing to tear down). Browser routes
     share one set of per-IP rate limits. Closing waits for the conversions being committed (group commit)."""
-    commits = ConversionWriter(app[DATABASE].pool)
+    commits = ConversionWriter(app[DATABASE].pool, app[METRICS])
     conversions = Conversions(app[DATABASE].pool, app[KEYS], app[WRITER], app[METRICS],
                               on_created=app[WORKER].wake, commits=commits)
     limits = RateLimits()

@@ -79,6 +79,14 @@ class Metrics:
         self.conversions = Counter(
             "halo_conversions_total", "Conversions stored, by tenant, kind and match type.",
             ["tenant", "kind", "match_type"], registry=r)
+        # Group commit of conversions (storage/conversion_writer.py): how many share each statement, and how many
+        # had to be finished on their own (their batch not stored whole: a row refused, a lock waited for).
+        self.conversion_batch_size = Histogram(
+            "halo_conversion_batch_size", "Conversions stored per statement (group commit).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200), registry=r)
+        self.conversions_alone = Counter(
+            "halo_conversions_stored_alone_total", "Conversions finished on their own after their batch, by reason "
+            "(repeat: a key stored before; refused: the batch was not stored whole).", ["reason"], registry=r)
         self.rejected = Counter(
             "halo_rejected_requests_total", "Requests to HaloTrack's routes refused, by reason.",
             ["tenant", "reason"], registry=r)
@@ -116,6 +124,8 @@ class Metrics:
             self.connection_timeouts.labels(kind=kind)
         for outcome in ("ok", "error"):
             self.config_reloads.labels(outcome=outcome)
+        for reason in ("repeat", "refused"):
+            self.conversions_alone.labels(reason=reason)
         for op in ("visits", "anon_events"):
             self.storage_errors.labels(op=op)
         for reason in ("missing_key", "invalid_key", "wrong_tenant", "missing_scope", "rate_limited"):

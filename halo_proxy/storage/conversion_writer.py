@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from ..metrics import Metrics
 from . import conversions as conversion_store
 from . import identities as identity_store
 from .conversions import ConversionRecord, ConversionWrite, LinkWrite
@@ -52,8 +53,9 @@ class ConversionWriter:
     one conversion holds up the others.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH):
+    def __init__(self, pool: asyncpg.Pool, metrics: Metrics | None = None, *, max_batch: int = MAX_BATCH):
         self.pool = pool
+        self.metrics = metrics
         self.max_batch = max_batch
         self._queue: list[_Pending] = []
         self._running: asyncio.Task[None] | None = None
@@ -99,6 +101,8 @@ class ConversionWriter:
     async def _write(self, batch: list[_Pending]) -> None:
         try:
             self.batches += 1
+            if self.metrics is not None:
+                self.metrics.conversion_batch_size.observe(len(batch))
             records = await conversion_store.insert_conversions(
                 self.pool, [(p.write, p.forwards, p.links) for p in batch])
         except StorageUnavailable as err:
@@ -110,16 +114,18 @@ class ConversionWriter:
                 log.info("a batch of %d conversions was not stored (%s); storing them one by one", len(batch),
                          type(err).__name__)
             for p in batch:
-                self._finish_alone(p)
+                self._finish_alone(p, "refused")
             return
         for p, record in zip(batch, records, strict=True):
             if record is not None:
                 _succeed(p, (record, True))
         for p, record in zip(batch, records, strict=True):
             if record is None:  # a repeated idempotency key: the first delivery's row (rarely: stored since)
-                self._finish_alone(p)
+                self._finish_alone(p, "repeat")
 
-    def _finish_alone(self, p: _Pending) -> None:
+    def _finish_alone(self, p: _Pending, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.conversions_alone.labels(reason=reason).inc()
         task = asyncio.get_running_loop().create_task(self._write_one(p))
         self._alone.add(task)
         task.add_done_callback(self._alone.discard)

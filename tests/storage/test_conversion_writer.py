@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
+from halo_proxy.metrics import Metrics
 from halo_proxy.storage import conversions, identities, outbox, sessions
 from halo_proxy.storage.conversion_writer import ConversionWriter
 from halo_proxy.storage.conversions import LinkWrite
@@ -38,7 +39,8 @@ async def test_conversions_arriving_together_share_a_statement(db_pool: asyncpg.
     statements than conversions; each caller's row is what the database holds."""
     sid = uuid4()
     await sessions.write_visits(db_pool, [_visit(tenant, sid, b"", b"")])
-    writer = ConversionWriter(db_pool)
+    metrics = Metrics()
+    writer = ConversionWriter(db_pool, metrics)
     n = 60
     writes = [lead(tenant, external_id=f"e-{i}", attribution=attribution(sid)) for i in range(n)]
     results = await asyncio.gather(*(
@@ -46,6 +48,10 @@ async def test_conversions_arriving_together_share_a_statement(db_pool: asyncpg.
     assert [created for _, created in results] == [True] * n
     assert [record.id for record, _ in results] == [w.id for w in writes]
     assert 1 <= writer.batches < n
+    sample = metrics.registry.get_sample_value
+    assert sample("halo_conversion_batch_size_count") == writer.batches
+    assert sample("halo_conversion_batch_size_sum") == n
+    assert sample("halo_conversions_stored_alone_total", {"reason": "repeat"}) == 0
     for w, (record, _) in zip(writes, results, strict=True):
         assert await conversions.get_conversion(db_pool, tenant, w.id) == record
     assert await db_pool.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = $1", tenant) == 2 * n
@@ -92,10 +98,12 @@ async def test_one_idempotency_key_twice_in_a_batch_creates_one(db_pool: asyncpg
 async def test_a_repeated_key_returns_the_first_and_links_nothing(db_pool: asyncpg.Pool, tenant: str) -> None:
     sid = uuid4()
     await sessions.write_visits(db_pool, [_visit(tenant, sid, b"", b"")])
-    writer = ConversionWriter(db_pool)
+    metrics = Metrics()
+    writer = ConversionWriter(db_pool, metrics)
     first, _ = await writer.insert(lead(tenant, external_id="k"), forwards("meta"))
     again, created = await writer.insert(lead(tenant, external_id="k"), forwards("meta"), [link(sid)])
     assert not created and again == first
+    assert metrics.registry.get_sample_value("halo_conversions_stored_alone_total", {"reason": "repeat"}) == 1
     assert await db_pool.fetchval("SELECT count(*) FROM forwards WHERE tenant_id = $1", tenant) == 1
     assert await identities.find_identities(db_pool, tenant, "email", b"E" * 16) == []
 
@@ -118,7 +126,8 @@ async def test_links_follow_the_single_insert_rules(db_pool: asyncpg.Pool, tenan
 
 
 async def test_a_refused_row_fails_only_its_own_caller(db_pool: asyncpg.Pool, tenant: str) -> None:
-    writer = ConversionWriter(db_pool)
+    metrics = Metrics()
+    writer = ConversionWriter(db_pool, metrics)
     good = [lead(tenant, external_id=f"g{i}") for i in range(5)]
     broken = ForwardWrite(platform="meta", event_id=None, payload_enc=b"\x01p")  # type: ignore[arg-type]
     outcomes = await asyncio.gather(
@@ -131,6 +140,7 @@ async def test_a_refused_row_fails_only_its_own_caller(db_pool: asyncpg.Pool, te
     assert await db_pool.fetchval("SELECT count(*) FROM conversions WHERE tenant_id = $1", tenant) == 5
     assert await conversions.find_by_external_id(db_pool, tenant, "lead", "bad") is None
     assert len(await outbox.forwards_for_conversions(db_pool, tenant, [w.id for w in good])) == 5
+    assert metrics.registry.get_sample_value("halo_conversions_stored_alone_total", {"reason": "refused"}) >= 1
 
 
 async def test_an_unreachable_database_fails_every_caller(database: TestDatabase, tenant: str) -> None:
