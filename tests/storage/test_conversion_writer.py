@@ -228,3 +228,29 @@ async def test_the_first_answer_is_the_answer_a_repeat_gets(db_pool: asyncpg.Poo
     assert orjson.dumps(record.response) == orjson.dumps(again.response)
     assert (str(record.value), str(record.occurred_at)) == (str(again.value), str(again.occurred_at))
     assert record == again
+
+
+async def test_two_processes_batching_the_same_keys_create_each_once(database: TestDatabase, tenant: str) -> None:
+    """Two writers on pools of their own (two proxy processes), each sent the same thirty idempotency keys at
+    once, in opposite orders: every key is created exactly once with one set of forwards, every caller answered
+    with that one row."""
+    from halo_proxy.storage.db import create_pool
+
+    pools = [await create_pool(database.dsn, min_size=1, max_size=4) for _ in range(2)]
+    try:
+        writers = [ConversionWriter(pool) for pool in pools]
+        keys = [f"both-{i}" for i in range(30)]
+        calls = [writers[0].insert(lead(tenant, external_id=k), forwards("meta", "ga4")) for k in keys]
+        calls += [writers[1].insert(lead(tenant, external_id=k), forwards("meta", "ga4")) for k in reversed(keys)]
+        results = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        by_key: dict[str, set] = {}
+        for record, _ in results:
+            by_key.setdefault(record.external_id, set()).add(record.id)
+        assert all(len(ids) == 1 for ids in by_key.values()) and len(by_key) == 30
+        assert sum(created for _, created in results) == 30
+        count = pools[0].fetchval
+        assert await count("SELECT count(*) FROM conversions WHERE tenant_id = $1", tenant) == 30
+        assert await count("SELECT count(*) FROM forwards WHERE tenant_id = $1", tenant) == 60
+    finally:
+        for pool in pools:
+            await pool.close()
