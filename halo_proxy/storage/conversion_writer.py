@@ -25,7 +25,6 @@ import asyncpg
 
 from ..metrics import Metrics
 from . import conversions as conversion_store
-from . import identities as identity_store
 from .conversions import ConversionRecord, ConversionWrite, LinkWrite
 from .db import translate_errors
 from .errors import StorageUnavailable
@@ -133,12 +132,8 @@ class ConversionWriter:
     async def _write_one(self, p: _Pending) -> None:
         try:
             with translate_errors():  # the acquire's own timeout is "unavailable", as in the batch
-                async with self.pool.acquire() as conn, conn.transaction():
-                    record, created = await conversion_store.insert_conversion(conn, p.write, p.forwards)
-                    if created:
-                        for link in p.links:
-                            await identity_store.link_identity(conn, p.write.tenant_id, link.session_id,
-                                                               link.kind, link.bidx, link.enc, link.at)
+                async with self.pool.acquire() as conn:
+                    record, created = await conversion_store.insert_conversion(conn, p.write, p.forwards, p.links)
         except Exception as err:  # noqa: BLE001 - handed to the one caller it belongs to
             _fail(p, err)
         except BaseException:

@@ -138,60 +138,19 @@ _COLUMNS = (
     "consent_marketing, session_id, match_type, attribution, response, anonymized_at"
 )
 
-# One statement, so one round trip and atomic on its own (or part of the caller's transaction): the conversion
-# and, only when it was inserted, its forwards and its credits under every attribution model (storage/credits.py).
-# $1-$23 the conversion, $24-$29 the forwards as parallel arrays, $30 the credit rules' version, $31-$37 the
-# credits as parallel arrays, $38 the days to convert they carry.
-_INSERT = f"""
-WITH conversion AS (
-    INSERT INTO conversions (
-        id, tenant_id, kind, source, external_id, created_at, occurred_at, value, currency,
-        email_enc, email_bidx, phone_enc, phone_bidx, name_enc, message_enc, fields_enc,
-        form_type, items, consent_marketing, session_id, match_type, attribution, response, credits_version
-    ) VALUES (
-        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-        $23, $30
-    )
-    ON CONFLICT (tenant_id, kind, external_id) WHERE external_id IS NOT NULL DO NOTHING
-    RETURNING {_COLUMNS}
-), forwarded AS (
-    INSERT INTO forwards (
-        tenant_id, conversion_id, platform, event_id, status, reason, payload_enc,
-        attempts, next_attempt_at, created_at, updated_at
-    )
-    SELECT c.tenant_id, c.id, f.platform, f.event_id, f.status, f.reason, f.payload_enc,
-           0, coalesce(f.next_attempt_at, c.created_at), c.created_at, c.created_at
-    FROM conversion c,
-         unnest($24::text[], $25::text[], $26::text[], $27::text[], $28::bytea[], $29::timestamptz[])
-             AS f(platform, event_id, status, reason, payload_enc, next_attempt_at)
-    RETURNING 1
-), credited AS (
-    INSERT INTO conversion_credits (
-        tenant_id, conversion_id, created_at, model, kind, source, medium, campaign, channel, conversions, revenue,
-        currency, days_to_convert
-    )
-    SELECT c.tenant_id, c.id, c.created_at, k.model, c.kind, k.source, k.medium, k.campaign, k.channel,
-           k.conversions, k.revenue, c.currency, $38::integer
-    FROM conversion c,
-         unnest($31::text[], $32::text[], $33::text[], $34::text[], $35::text[], $36::numeric[], $37::numeric[])
-             AS k(model, source, medium, campaign, channel, conversions, revenue)
-    RETURNING 1
-)
-SELECT {_COLUMNS} FROM conversion
-"""
-
 _INSERT_ATTEMPTS = 3
 
 
-# Many conversions in one statement (group commit: `conversion_writer.ConversionWriter`), with the same rules as
-# `_INSERT` for each: the conversions that are new are inserted, and only those get their forwards, their credits
-# and the links of the identifiers they name to their session. Every input is a parallel array: the conversions
-# ($1-$24, one entry each), their forwards ($25-$31), their credits ($32-$39) and their links ($40-$45), each
-# child row naming its conversion's id (the jsonb columns as JSON text); $46 the credit rules' version. Rows go in in key order (tenant, kind,
+# Conversions in one statement (one, or a batch: group commit, `conversion_writer.ConversionWriter`), atomic on
+# its own or inside the caller's transaction: the conversions that are new are inserted, and only those get their
+# forwards, their credits under every attribution model (storage/credits.py) and the links of the identifiers
+# they name to their session. Every input is a parallel array: the conversions ($1-$24, one entry each, the
+# jsonb columns as JSON text), their forwards ($25-$31), their credits ($32-$39) and their links ($40-$45), each
+# child row naming its conversion's id; $46 the credit rules' version. Rows go in in key order (tenant, kind,
 # external id; a link's tenant, kind, index, session), so two batches that share keys wait for each other in the
 # same order and cannot deadlock; a batch naming one idempotency key twice inserts the first to arrive (DO NOTHING
 # skips the later), and a link named twice is written once (first and latest sighting, latest ciphertext).
-_INSERT_MANY = f"""
+_INSERT = f"""
 WITH input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
@@ -268,7 +227,6 @@ SELECT {_COLUMNS} FROM conversion
 """
 
 
-_JSON_ARGS = (17, 21, 22)  # items, attribution, response among `_insert_args`
 LOCK_TIMEOUT_MS = 500  # the longest a batch waits for one row lock
 
 
@@ -277,11 +235,29 @@ async def insert_conversions(
 ) -> list[ConversionRecord | None]:
     """Store many conversions, each with its forwards, credits and identity links, in one statement and one
     transaction of its own (a connection of the pool; a row lock waited for past `LOCK_TIMEOUT_MS` is a
-    StorageError, nothing stored). For each item, in order: its row when it was created, or None when
-    its idempotency key was stored already (by an earlier statement or by an earlier item of this batch); the
-    caller resolves those with `insert_conversion`, which returns the first one's row."""
+    StorageError, nothing stored). For each item, in order: its row when it was created, or None when its
+    idempotency key was stored already (by an earlier statement or by an earlier item of this batch); the caller
+    resolves those with `insert_conversion`, which returns the first one's row."""
     if not items:
         return []
+    with translate_errors():
+        async with db.acquire() as conn:
+            # One transaction that waits at most LOCK_TIMEOUT_MS for a row lock (a repeated key another transaction
+            # holds): a batch never waits long for one of its rows; the caller finishes that row on its own.
+            await conn.execute(f"BEGIN; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            try:
+                records = await _insert(conn, items)
+            except Exception:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
+                raise  # cancelled instead: the pool rolls back on release
+            await conn.execute("COMMIT")
+    return records
+
+
+async def _insert(db: Executor, items: Sequence[tuple[ConversionWrite, Sequence[ForwardWrite],
+                                                     Sequence[LinkWrite]]]) -> list[ConversionRecord | None]:
+    """`_INSERT` for these items; per item its created row or None (its key was stored already)."""
     conv: list[list[Any]] = [[] for _ in range(24)]
     fwd: list[list[Any]] = [[] for _ in range(7)]
     cred: list[list[Any]] = [[] for _ in range(8)]
@@ -289,37 +265,25 @@ async def insert_conversions(
     for write, forwards, links in items:
         if len({f.platform for f in forwards}) != len(forwards):
             raise ValueError("one forward per platform")
-        args = _insert_args(write, forwards)
-        for column, value in zip(conv[:23], args[:23], strict=True):
+        args = _insert_args(write)
+        for column, value in zip(conv, args, strict=True):
             column.append(value)
-        for j in _JSON_ARGS:  # as JSON text: a list inside an array parameter would read as another dimension
-            conv[j][-1] = None if args[j] is None else orjson.dumps(args[j]).decode()
-        conv[23].append(args[37])
         for f in forwards:
             for column, value in zip(fwd, (write.id, f.platform, f.event_id, f.status, f.reason, f.payload_enc,
                                            f.next_attempt_at), strict=True):
                 column.append(value)
-        for i in range(len(args[30])):
+        credits = credit_arrays(write.attribution, write.occurred_at or write.created_at, args[7])
+        for i in range(len(credits[0])):
             cred[0].append(write.id)
             for j in range(7):
-                cred[j + 1].append(args[30 + j][i])
+                cred[j + 1].append(credits[j][i])
         for item in links:
             _check_link_kind(item.kind)
             for column, value in zip(link, (write.id, item.session_id, item.kind, item.bidx, item.enc, item.at),
                                      strict=True):
                 column.append(value)
     with translate_errors():
-        async with db.acquire() as conn:
-            # One transaction that waits at most LOCK_TIMEOUT_MS for a row lock (a repeated key another transaction
-            # holds): a batch never waits long for one of its rows; the caller finishes that row on its own.
-            await conn.execute(f"BEGIN; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-            try:
-                rows = await conn.fetch(_INSERT_MANY, *conv, *fwd, *cred, *link, CREDIT_VERSION)
-            except Exception:
-                if not conn.is_closed() and conn.is_in_transaction():
-                    await conn.execute("ROLLBACK")
-                raise  # cancelled instead: the pool rolls back on release
-            await conn.execute("COMMIT")
+        rows = await db.fetch(_INSERT, *conv, *fwd, *cred, *link, CREDIT_VERSION)
     created = {row["id"]: _record(row) for row in rows}
     return [created.get(write.id) for write, _, _ in items]
 
@@ -330,59 +294,24 @@ def _session_uuid(value: str | UUID | None) -> UUID | None:
     return UUID(value)
 
 
-def _insert_args(write: ConversionWrite, forwards: Sequence[ForwardWrite]) -> tuple[Any, ...]:
+def _insert_args(write: ConversionWrite) -> tuple[Any, ...]:
+    """One conversion's values for `_INSERT`'s $1-$24 (its jsonb columns as JSON text: a list inside an array
+    parameter would read as another dimension)."""
     value = write.value
     if isinstance(value, str):
         value = Decimal(value)
+
+    def text(data: Any) -> str | None:
+        return None if data is None else orjson.dumps(data).decode()
+
     return (
-        write.id,
-        write.tenant_id,
-        write.kind,
-        write.source,
-        write.external_id,
-        write.created_at,
-        write.occurred_at or write.created_at,
-        value,
-        write.currency,
-        write.email_enc,
-        write.email_bidx,
-        write.phone_enc,
-        write.phone_bidx,
-        write.name_enc,
-        write.message_enc,
-        write.fields_enc,
-        write.form_type,
-        write.items,
-        write.consent_marketing,
-        _session_uuid(write.attribution.session_id),
-        write.attribution.match_type,
-        attribution_record(write.attribution),
-        write.response,
-        [f.platform for f in forwards],
-        [f.event_id for f in forwards],
-        [f.status for f in forwards],
-        [f.reason for f in forwards],
-        [f.payload_enc for f in forwards],
-        [f.next_attempt_at for f in forwards],
-        CREDIT_VERSION,
-        *credit_arrays(write.attribution, write.occurred_at or write.created_at, value),
+        write.id, write.tenant_id, write.kind, write.source, write.external_id, write.created_at,
+        write.occurred_at or write.created_at, value, write.currency, write.email_enc, write.email_bidx,
+        write.phone_enc, write.phone_bidx, write.name_enc, write.message_enc, write.fields_enc, write.form_type,
+        text(write.items), write.consent_marketing, _session_uuid(write.attribution.session_id),
+        write.attribution.match_type, text(attribution_record(write.attribution)), text(write.response),
         days_to_convert(write.attribution),
     )
-
-
-def _written(write: ConversionWrite) -> ConversionRecord:
-    """The row `insert_conversions` stored for a write, as `_record` would read it back."""
-    value = write.value
-    return ConversionRecord(
-        id=write.id, tenant_id=write.tenant_id, kind=write.kind, source=write.source, external_id=write.external_id,
-        created_at=write.created_at, occurred_at=write.occurred_at or write.created_at,
-        value=Decimal(value) if isinstance(value, str) else value, currency=write.currency,
-        email_enc=write.email_enc, email_bidx=write.email_bidx, phone_enc=write.phone_enc,
-        phone_bidx=write.phone_bidx, name_enc=write.name_enc, message_enc=write.message_enc,
-        fields_enc=write.fields_enc, form_type=write.form_type, items=write.items,
-        consent_marketing=write.consent_marketing, session_id=_session_uuid(write.attribution.session_id),
-        match_type=write.attribution.match_type, attribution=write.attribution, response=write.response,
-        anonymized_at=None)
 
 
 def _record(row: asyncpg.Record) -> ConversionRecord:
@@ -392,24 +321,21 @@ def _record(row: asyncpg.Record) -> ConversionRecord:
 
 
 async def insert_conversion(
-    db: Executor, write: ConversionWrite, forwards: Sequence[ForwardWrite] = ()
+    db: Executor, write: ConversionWrite, forwards: Sequence[ForwardWrite] = (), links: Sequence[LinkWrite] = ()
 ) -> tuple[ConversionRecord, bool]:
-    """Store a conversion and its forwards atomically. Returns (the row, True) when it was created, or
-    (the existing row, False) when this (tenant, kind, external_id) was stored already: then nothing is
-    written. Concurrent deliveries of one id wait for each other in the unique index; exactly one creates."""
-    if len({f.platform for f in forwards}) != len(forwards):
-        raise ValueError("one forward per platform")
-    args = _insert_args(write, forwards)
-    with translate_errors():
-        for _ in range(_INSERT_ATTEMPTS):
-            row = await db.fetchrow(_INSERT, *args)
-            if row is not None:
-                return _record(row), True
-            assert write.external_id is not None  # only the idempotency key can conflict
-            existing = await find_by_external_id(db, write.tenant_id, write.kind, write.external_id)
-            if existing is not None:
-                return existing, False
-            # The winner was deleted between our insert and our read: insert again.
+    """Store a conversion, its forwards and credits (and its identity links) atomically, in the caller's
+    transaction when `db` is a connection in one. Returns (the row, True) when it was created, or (the existing
+    row, False) when this (tenant, kind, external_id) was stored already: then nothing is written. Concurrent
+    deliveries of one id wait for each other in the unique index; exactly one creates."""
+    for _ in range(_INSERT_ATTEMPTS):
+        [record] = await _insert(db, [(write, forwards, links)])
+        if record is not None:
+            return record, True
+        assert write.external_id is not None  # only the idempotency key can conflict
+        existing = await find_by_external_id(db, write.tenant_id, write.kind, write.external_id)
+        if existing is not None:
+            return existing, False
+        # The winner was deleted between our insert and our read: insert again.
     raise StorageError("conversion insert kept conflicting with a row that then disappeared")
 
 

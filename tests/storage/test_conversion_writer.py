@@ -172,8 +172,9 @@ async def test_a_caller_that_goes_away_does_not_lose_its_conversion(db_pool: asy
 
 def test_a_link_of_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
-        asyncio.run(conversions.insert_conversions(None, [  # type: ignore[arg-type]
-            (lead("t"), (), [LinkWrite(session_id=uuid4(), kind="fax", bidx=b"x", enc=b"y", at=DAY3)])]))
+        asyncio.run(conversions.insert_conversion(None, lead("t"), (),  # type: ignore[arg-type]
+                                                  [LinkWrite(session_id=uuid4(), kind="fax", bidx=b"x", enc=b"y",
+                                                             at=DAY3)]))
 
 
 async def test_a_key_locked_elsewhere_holds_up_only_its_own_repeat(db_pool: asyncpg.Pool, database: TestDatabase,
