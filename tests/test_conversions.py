@@ -634,6 +634,48 @@ async def test_a_conversion_right_after_a_campaign_click_counts_that_click(datab
     assert (attribution["first_touch"]["source"], attribution["last_touch"]["source"]) == ("google", "facebook")
 
 
+async def test_a_conversion_waits_a_bounded_time_for_its_queued_page_view(database, clean, monkeypatch):
+    """The write queue cannot store the visitor's latest page view (here its flush is held): the lead does not wait
+    for ever; after the bound it is matched on what is stored, and the page view is stored later all the same."""
+    from uuid import uuid4
+
+    from halo_proxy.services import conversions as conversion_service
+    from halo_proxy.services.conversions import Conversions
+    from halo_proxy.storage.db import create_pool
+    from halo_proxy.storage.sessions import SessionWrite
+    from halo_proxy.storage.write_queue import VisitWriter
+    from halo_proxy.tracking.conversion import parse_lead
+    from halo_proxy.tracking.models import Consent, Device, Geo, Touch
+
+    monkeypatch.setattr(conversion_service, "QUEUED_VISIT_WAIT_S", 0.05)
+    pool = await create_pool(database.dsn, min_size=1, max_size=2)
+    try:
+        metrics = Metrics()
+        writer = VisitWriter(pool, metrics)  # not started: only a flush writes
+        session_id = uuid4()
+
+        def visit(at, source, is_new):
+            return SessionWrite(tenant_id="shop", session_id=session_id, is_new=is_new,
+                                touch=Touch(at=at, source=source, medium="cpc"), device=Device("desktop", None, None),
+                                geo=Geo(), consent=Consent(True, True, source="x"), at=at)
+
+        writer.submit(visit(DAY1, "google", True))
+        await writer.flush()
+        writer.submit(visit(DAY1 + timedelta(days=1), "bing", False))
+        async with writer._lock:  # a flush in progress that does not end (the database far behind)
+            lead = parse_lead({"email": "w@example.cz", "event_id": "bounded"}, source="api",
+                              default_region="CZ", default_currency="CZK")
+            recorded = await asyncio.wait_for(Conversions(pool, KEYS, writer, metrics).record(
+                settings(1).tenant("shop"), lead, session_id, DAY1 + timedelta(days=1, seconds=1)), 20)
+        assert await writer.flush() is True
+        stored = await conversion_store.list_conversions(pool, "shop", DAY1, DAY1 + timedelta(days=5))
+        touches = await clean.fetchval("SELECT count(*) FROM touches WHERE session_id = $1", session_id)
+    finally:
+        await pool.close()
+    assert recorded.created and recorded.body["attribution"]["last_touch"]["source"] == "google"
+    assert len(stored) == 1 and touches == 2
+
+
 @pytest.mark.parametrize("route", ["/_halo/webhook/order", "/_halo/webhook/lead", "/_halo/identify",
                                    "/_halo/webhook/shopify", "/_halo/webhook/stripe"])
 async def test_a_content_type_that_made_the_header_parser_recurse_is_not_a_500(site, http, route):

@@ -40,6 +40,8 @@ from ..tracking.models import Attribution, ConversionInput
 # A session not found after this process's own flush may still sit in a sibling process's write queue (flushed
 # every 50 ms): looked for again after these waits, about six flush intervals in all, before it counts as unknown.
 SIBLING_FLUSH_WAITS_S = (0.05, 0.1, 0.15)
+# The longest a conversion waits for this process's write queue to store its visitor's latest page view.
+QUEUED_VISIT_WAIT_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,14 @@ class Conversions:
         session, match_type = await self._match(self.pool, tenant, conversion, cookie_session, converted_at)
         if session is not None and self.writer.holds(tenant.id, session.id):
             # The visitor's latest page view (a new touch, a consent change) is still queued here: stored
-            # first, so that what brought them counts.
-            await self.writer.flush()
+            # first, so that what brought them counts. Waited for a bounded time (the flush itself goes on,
+            # shielded): a database falling behind delays a conversion by at most this, never for ever.
+            try:
+                async with asyncio.timeout(QUEUED_VISIT_WAIT_S):
+                    await asyncio.shield(self.writer.flush())
+            except TimeoutError:
+                log.info("a conversion's queued page view was not stored within %.1f s; matched without it",
+                         QUEUED_VISIT_WAIT_S)
             session = await session_store.get_session(self.pool, tenant.id, session.id) or session
         if session is not None:
             touches = await session_store.list_touches(self.pool, tenant.id, session.id, until=converted_at)

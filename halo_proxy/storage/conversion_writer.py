@@ -59,6 +59,8 @@ class ConversionWriter:
         self._queue: list[_Pending] = []
         self._running: asyncio.Task[None] | None = None
         self._alone: set[asyncio.Task[None]] = set()  # conversions being finished one by one
+        # at most half the pool's connections for them: a repeat waiting for a row lock does not take them all
+        self._alone_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
         self.batches = 0  # statements sent (for tests and the benchmark's notes)
 
     async def insert(self, write: ConversionWrite, forwards: Sequence[ForwardWrite] = (),
@@ -131,9 +133,11 @@ class ConversionWriter:
 
     async def _write_one(self, p: _Pending) -> None:
         try:
-            with translate_errors():  # the acquire's own timeout is "unavailable", as in the batch
-                async with self.pool.acquire() as conn:
-                    record, created = await conversion_store.insert_conversion(conn, p.write, p.forwards, p.links)
+            async with self._alone_slots:
+                with translate_errors():  # the acquire's own timeout is "unavailable", as in the batch
+                    async with self.pool.acquire() as conn:
+                        record, created = await conversion_store.insert_conversion(conn, p.write, p.forwards,
+                                                                                   p.links)
         except Exception as err:  # noqa: BLE001 - handed to the one caller it belongs to
             _fail(p, err)
         except BaseException:

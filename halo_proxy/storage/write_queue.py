@@ -25,7 +25,7 @@ from .errors import StorageError, StorageUnavailable
 log = logging.getLogger(__name__)
 
 UA_MAX_STORED = 512
-HOLDS_SCAN_MAX = 5_000  # queued writes `holds` looks through (about ten flush intervals at a busy worker's rate)
+HOLDS_SCAN_MAX = 2_000  # queued writes `holds` looks through (many flush intervals at a busy worker's rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,10 @@ class VisitWriter:
     def holds(self, tenant_id: str, session_id: UUID) -> bool:
         """Whether a write of this session is queued or being written here (a scan of at most one interval's
         page views): a conversion matched to it flushes first, so that the touch that just brought the visitor
-        counts. A queue longer than `HOLDS_SCAN_MAX` (the database slow or away) is not scanned: True."""
+        counts. A queue longer than `HOLDS_SCAN_MAX` means the database is behind: not scanned, False (a
+        conversion does not wait for a backlog; it is matched on what is stored, as before the check)."""
         if len(self._visits) > HOLDS_SCAN_MAX:
-            return True
+            return False
         for queued in (self._visits, self._writing):
             for w in queued:
                 target = w.write if isinstance(w, PendingVisit) else w
