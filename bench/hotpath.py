@@ -169,9 +169,7 @@ def main() -> int:
     layout = harness.choose_layout(args.workers == 1)
     if layout.gen_cpus:
         os.sched_setaffinity(0, layout.gen_cpus)
-    tenant_extra: dict = {}
-    for name in names:
-        tenant_extra |= scenarios.SCENARIOS[name].tenant_extra
+    tenant_extra = scenarios.tenant_extra(names)
     secret = secrets.token_hex(32)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="halo-profile-") as tmp_name:

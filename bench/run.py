@@ -912,9 +912,7 @@ def targets_for(name: str, wanted: list[str]) -> list[str]:
 
 def run_pass(args: argparse.Namespace, wanted: list[str], gen_kind: str, layout: Layout, workers: int,
              with_check: bool) -> Pass:
-    tenant_extra: dict = {}
-    for name in args.scenarios:
-        tenant_extra |= scenarios.SCENARIOS[name].tenant_extra
+    tenant_extra = scenarios.tenant_extra(args.scenarios)
     webhook_secret = secrets.token_hex(32)
     rows: list[Row] = []
     points: list[results.RatePoint] = []

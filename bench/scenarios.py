@@ -33,7 +33,7 @@ import http.client
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 
@@ -201,12 +201,9 @@ def plan_new_visitor(ctx: Context) -> RequestPlan | str:
           "encrypts the personal data and commits the conversion before its 201; only HaloTrack answers it",
           targets=("halotrack",), tenant_extra={"webhook_secret": "${HALO_BENCH_WEBHOOK_SECRET}"})
 def plan_lead(ctx: Context) -> RequestPlan | str:
-    if ctx.halo_url is None:
-        return "needs HaloTrack among the targets"
-    try:
-        cookies = first_visit_cookies(ctx.halo_url, ctx.host)
-    except OSError as err:
-        return f"first visit through HaloTrack failed: {err}"
+    cookies = halo_cookies(ctx)
+    if isinstance(cookies, str):
+        return cookies
     session = cookies.get(ctx.cookie_name)
     runs = [0]
     nonce = secrets.token_hex(4)
@@ -239,14 +236,29 @@ def sign_webhook(secret: str, body: bytes, t: int) -> str:
     return f"t={t},v1={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
 
 
-def returning_visitor(ctx: Context, path: str) -> RequestPlan | str:
-    """The browser page view of `path` with the cookies a first visit through HaloTrack set."""
+def halo_cookies(ctx: Context) -> dict[str, str] | str:
+    """The cookies a first visit through HaloTrack sets, or why they cannot be had (a reason, as plans give)."""
     if ctx.halo_url is None:
         return "needs HaloTrack among the targets to obtain its cookie"
     try:
-        cookies = first_visit_cookies(ctx.halo_url, ctx.host)
+        return first_visit_cookies(ctx.halo_url, ctx.host)
     except OSError as err:
         return f"first visit through HaloTrack failed: {err}"
+
+
+def tenant_extra(names: Iterable[str]) -> dict:
+    """The tenant settings the named scenarios need, merged (one benchmark tenant serves them all)."""
+    merged: dict = {}
+    for name in names:
+        merged |= SCENARIOS[name].tenant_extra
+    return merged
+
+
+def returning_visitor(ctx: Context, path: str) -> RequestPlan | str:
+    """The browser page view of `path` with the cookies a first visit through HaloTrack set."""
+    cookies = halo_cookies(ctx)
+    if isinstance(cookies, str):
+        return cookies
     if ctx.cookie_name not in cookies:
         return f"HaloTrack set no {ctx.cookie_name} cookie on a first visit"
     cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())

@@ -104,9 +104,7 @@ def main() -> int:
     layout = harness.choose_layout(True)
     if layout.gen_cpus:
         os.sched_setaffinity(0, layout.gen_cpus)
-    tenant_extra: dict = {}
-    for name in TRAFFIC:
-        tenant_extra |= scenarios.SCENARIOS[name].tenant_extra
+    tenant_extra = scenarios.tenant_extra(TRAFFIC)
     secret = secrets.token_hex(32)
     samples: list[tuple[float, int, int]] = []   # (seconds since start, worker KiB, database KiB)
     totals = {name: Totals() for name in TRAFFIC}
