@@ -513,15 +513,25 @@ async def release_dead_worker(pid: int) -> None:
     dsn = os.environ.get("HALO_DATABASE_URL")
     if not dsn:
         return
+    host = socket.gethostname()
     try:
         conn = await asyncpg.connect(dsn, timeout=5,
                                      statement_cache_size=database_settings().statement_cache_size)
         try:
-            released = await outbox.release_process(conn, socket.gethostname(), pid, datetime.now(UTC))
+            now = datetime.now(UTC)
+            released = await outbox.release_process(conn, host, pid, now)
+            try:  # the ledger is a record, not a gate: the rows are released either way
+                await outbox.record_attempts(conn, [outbox.Attempt(
+                    r.id, r.tenant_id, r.platform, r.attempts, now, "released", "worker_died",
+                    "the worker died during its send" if r.in_doubt else "the worker died before sending it",
+                    worker=f"{host}:{pid}") for r in released])
+            except Exception as err:  # noqa: BLE001
+                log.warning("delivery ledger not written for worker %d (%s)", pid, type(err).__name__)
         finally:
             await conn.close()
     except Exception as err:  # noqa: BLE001 - the leases then run out on their own
         log.warning("could not release the forwards of worker %d (%s)", pid, type(err).__name__)
         return
     if released:
-        log.warning("released %d forward(s) leased by worker %d", len(released), pid)
+        cut = sum(1 for r in released if r.in_doubt)
+        log.warning("released %d forward(s) leased by worker %d (%d cut off mid-send)", len(released), pid, cut)

@@ -530,11 +530,17 @@ async def test_a_supervisor_gives_a_killed_worker_s_rows_back_at_once(tmp_path, 
         await fakes["meta"].wait_for_exchanges(1, within=10)
         row = await wait_meta(clean, lambda r: r.locked_by is not None)
         fakes["meta"].set_mode(OK)
-        os.kill(int(row.locked_by.split(":")[1]), signal.SIGKILL)  # the worker holding the row, mid-send
+        holder = row.locked_by
+        os.kill(int(holder.split(":")[1]), signal.SIGKILL)  # the worker holding the row, mid-send
         # Its lease runs for 60 s more; the supervisor releases the row as soon as it sees the worker die.
         await fakes["meta"].wait_for_events(1, within=20)
         row = await wait_meta(clean, lambda r: r.status == "sent", within=10)
         assert row.attempts == 2 and fakes["meta"].events[0]["event_id"] == row.event_id
+        # The ledger says what happened to the first attempt: its worker died during the send.
+        ledger = await outbox.attempts_for(clean, [row.id])
+        assert [(a.outcome, a.reason, a.detail) for a in ledger] == [
+            ("released", "worker_died", "the worker died during its send"), ("sent", "ok", "1 events received")]
+        assert ledger[0].attempt == 1 and ledger[0].worker == ":".join(holder.split(":")[:2])
     finally:
         fakes["meta"]._release.set()  # noqa: SLF001
         await proxy.stop()
