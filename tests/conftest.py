@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -156,3 +157,13 @@ async def clean(db_pool: asyncpg.Pool) -> asyncpg.Pool:
     """The test's database with every table empty."""
     await empty_tables(db_pool)
     return db_pool
+
+
+def days_around_today() -> str:
+    """`from=...&to=...` for a report that holds whatever a test stores now: from yesterday to tomorrow (UTC), so
+    neither a tenant's zone nor a midnight passed during the test moves a conversion out of it."""
+    now = time.time()
+    day = 86_400
+    return (f"from={time.strftime('%Y-%m-%d', time.gmtime(now - day))}"
+            f"&to={time.strftime('%Y-%m-%d', time.gmtime(now + day))}")
+

@@ -23,6 +23,7 @@ from html.parser import HTMLParser
 import aiohttp
 
 from halo_proxy.demo import create_demo_site
+from tests.conftest import days_around_today
 from tests.procs import free_port
 
 
@@ -76,8 +77,7 @@ async def test_the_demo_as_a_newcomer_uses_it(tmp_path, database):
             assert dashboard == f"http://localhost:{port}/_halo/dashboard"
             key = next(line for line in banner if line.strip().startswith("operator key:")).split()[2]
             assert key == (tmp_path / "halo" / "demo-operator.key").read_text().strip()
-            today = time.strftime("%Y-%m-%d", time.gmtime())
-            async with http.get(f"http://127.0.0.1:{port}/_halo/report?from={today}&to={today}", headers={
+            async with http.get(f"http://127.0.0.1:{port}/_halo/report?{days_around_today()}", headers={
                     "Host": "localhost", "Authorization": f"Bearer {key}"}) as r:
                 assert r.status == 200 and (await r.json())["totals"]["leads"] == 1
             async with http.get(f"http://127.0.0.1:{port}/_halo/dashboard", headers={"Host": "localhost"}) as r:

@@ -19,6 +19,7 @@ from halo_proxy.config import parse
 from halo_proxy.crypto import KeyRing
 from halo_proxy.metrics import Metrics
 from halo_proxy.operators import key_digest
+from tests.conftest import days_around_today
 from tests.procs import TEST_SECRET
 from tests.upstream import create_upstream
 
@@ -126,9 +127,8 @@ async def test_a_full_journey_leaves_no_personal_data_in_logs_or_error_answers(s
         await call("GET", f"/_halo/export-user?email={EMAIL}", Authorization=f"Bearer {KEY}")
         await call("DELETE", f"/_halo/delete-user?email={EMAIL}&phone={PHONE}", Authorization=f"Bearer {KEY}")
         # The report and the dashboard: a wrong key, then a sign-in whose session token must not leak either.
-        today = time.strftime("%Y-%m-%d", time.gmtime())
-        await call("GET", f"/_halo/report?from={today}&to={today}&model={EMAIL}", Authorization=f"Bearer {KEY}")
-        await call("GET", f"/_halo/report?from={today}&to={today}&format=csv", Authorization=f"Bearer {KEY}")
+        await call("GET", f"/_halo/report?{days_around_today()}&model={EMAIL}", Authorization=f"Bearer {KEY}")
+        await call("GET", f"/_halo/report?{days_around_today()}&format=csv", Authorization=f"Bearer {KEY}")
         form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{HOST}"}
         await call("POST", "/_halo/dashboard/login", f"key={KEY}x".encode(), **form)
         signed_in = await call("POST", "/_halo/dashboard/login", f"key={KEY}".encode(), **form)

@@ -20,6 +20,7 @@ from halo_proxy.crypto import KeyRing
 from halo_proxy.metrics import Metrics
 from halo_proxy.operators import key_digest
 from halo_proxy.storage import audit
+from tests.conftest import days_around_today
 from tests.procs import TEST_SECRET
 from tests.upstream import create_upstream
 
@@ -285,11 +286,10 @@ async def snapshot(pool) -> dict[tuple[str, str], object]:  # type: ignore[no-un
     return out
 
 
-TODAY = time.strftime("%Y-%m-%d", time.gmtime())
 ROUTES = [("DELETE", "/_halo/delete-user?email=jana.novak@example.cz"),
           ("GET", "/_halo/export-user?email=jana.novak@example.cz"),
-          ("GET", f"/_halo/report?from={TODAY}&to={TODAY}"),
-          ("GET", f"/_halo/report?from={TODAY}&to={TODAY}&format=csv")]
+          ("GET", f"/_halo/report?{days_around_today()}"),
+          ("GET", f"/_halo/report?{days_around_today()}&format=csv")]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)

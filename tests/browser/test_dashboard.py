@@ -72,9 +72,9 @@ async def more_customers(shop) -> None:  # type: ignore[no-untyped-def]
                 assert resp.status == 201, await resp.text()
 
 
-async def report(shop, model: str, day: str) -> dict:  # type: ignore[no-untyped-def]
+async def report(shop, model: str, start: str, end: str) -> dict:  # type: ignore[no-untyped-def]
     async with aiohttp.ClientSession() as http, http.get(
-            f"http://localhost:{shop.port}/_halo/report?from={day}&to={day}&model={model}",
+            f"http://localhost:{shop.port}/_halo/report?from={start}&to={end}&model={model}",
             headers={"Authorization": f"Bearer {OPERATOR_KEY}"}) as resp:
         assert resp.status == 200
         return await resp.json()
@@ -124,14 +124,14 @@ async def test_a_newcomer_sees_their_own_lead_its_channel_and_path(shop, context
     assert [p.split(" / ")[0] for p in path] == ["google", "facebook"]
     assert "Paid Search" in path[0] and "100 %" in path[1]  # last touch: all to the Facebook visit
 
-    day = (await page.input_value("input[name=to]"))
+    start, end = await page.input_value("input[name=from]"), await page.input_value("input[name=to]")
     for model, label in (("last_touch", "Last touch"), ("first_touch", "First touch"), ("linear", "Linear")):
         if model != "last_touch":
             async with page.expect_navigation():
                 await page.click(f".models a:has-text('{label}')")
             assert f"model={model}" in page.url
         assert await page.inner_text("#model-name") == label
-        expected = await report(shop, model, day)
+        expected = await report(shop, model, start, end)  # the page's own range
         rows = await table(page)
         assert [r[:4] for r in rows] == [[r["source"], r["medium"], r["campaign"], r["channel"]]
                                          for r in expected["rows"]]
