@@ -93,7 +93,8 @@ class Metrics:
         self.events = Counter(
             "halo_events_total", "Custom browser events stored, by tenant.", ["tenant"], registry=r)
         self.forward_skips = Counter(
-            "halo_forward_skips_total", "Forwards not sent because of the consent gate, by reason.",
+            "halo_forward_skips_total", "Forwards not sent, by reason: the consent gate, or no identifiers "
+            "the platform could match on.",
             ["tenant", "platform", "reason"], registry=r)
         # The browser side.
         self.injections = Counter(

@@ -251,6 +251,25 @@ async def test_explicit_form_consent_forwards_an_unmatched_lead(site, http, fake
     assert {r.reason for r in await outbox.list_forwards(clean, "skipped", "shop", 10)} == {"no_session_consent"}
 
 
+async def test_a_platform_with_no_one_to_match_is_skipped_when_stored_not_dead_lettered(site, http, fakes, clean,
+                                                                                        clock):
+    # A visit with marketing consent and no ad click, then a lead with neither email nor phone: Meta and TikTok
+    # match on the session's IP and user agent, GA4 on its client id; Google Ads has no click, email or phone.
+    cookie = await land(http, base_of(site), "utm_source=newsletter&utm_medium=email")
+    status, body = await lead(http, base_of(site), {"session_id": cookie, "name": "Jana"}, clock.now)
+    assert status == 201 and body["match_type"] == "session"
+    rows = {r.platform: r for r in await outbox.list_forwards(clean, None, "shop", 10)}
+    assert (rows["google_ads"].status, rows["google_ads"].reason, rows["google_ads"].payload_enc) == \
+        ("skipped", "no_identifiers", None)
+    assert {p: r.status for p, r in rows.items() if p != "google_ads"} == {"meta": "pending", "ga4": "pending",
+                                                                         "tiktok": "pending"}
+    await wait_rows(clean, "sent", 3)
+    assert fakes["google_ads"].exchanges == []
+    assert await outbox.count_by_status(clean) == {"sent": 3, "skipped": 1}  # no dead letter asks for attention
+    skips = site.app[METRICS].forward_skips.labels(tenant="shop", platform="google_ads", reason="no_identifiers")
+    assert skips._value.get() == 1  # noqa: SLF001
+
+
 async def test_429_waits_at_least_retry_after_then_sends(site, http, fakes, clean, clock):
     fakes["meta"].retry_after_s = 30
     fakes["meta"].answer(RATE_LIMITED, then=OK)

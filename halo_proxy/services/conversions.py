@@ -208,15 +208,18 @@ class Conversions:
     def _forwards(self, tenant: Tenant, c: ConversionInput, conversion_id: uuid.UUID,
                   session: SessionRecord | None, attribution: Attribution, converted_at: datetime,
                   gpc: bool) -> list[ForwardWrite]:
-        """One outbox row per configured platform: pending, or skipped by the consent gate with its reason."""
+        """One outbox row per configured platform: pending, or skipped with its reason: by the consent gate, or
+        because the platform would have nothing to match the person on (`no_identifiers`: not a dead letter
+        later, since no retry or operator can mend it)."""
         platforms = [name for name in FORWARDERS if getattr(tenant.forwarders, name) is not None]
         if not platforms:
             return []
-        skip = consent_gate(c, session, gpc)
+        gate = consent_gate(c, session, gpc)
         rows = []
-        event = None if skip else self._event(tenant, c, conversion_id, session, attribution, converted_at)
+        event = None if gate else self._event(tenant, c, conversion_id, session, attribution, converted_at)
         for platform in platforms:
             event_id = f"{c.kind}-{conversion_id}"
+            skip = gate or (event is not None and unmatchable(platform, event, converted_at))
             if skip:
                 rows.append(ForwardWrite(platform=platform, event_id=event_id, payload_enc=None, status="skipped",
                                          reason=skip))
@@ -283,6 +286,13 @@ def consent_gate(c: ConversionInput, session: SessionRecord | None, gpc: bool) -
     if session is not None and session.consent.marketing:
         return None
     return "no_consent" if session is not None else "no_session_consent"
+
+
+def unmatchable(platform: str, event: ForwardEvent, now: datetime) -> str | None:
+    """``no_identifiers`` when `platform` would refuse the event for want of anyone to match it to, else None.
+    Other refusals (too old, a purchase without a value) stay the delivery worker's, as dead letters."""
+    refused = FORWARDERS[platform].check(event, now)
+    return "no_identifiers" if refused is not None and refused.reason == "no_identifiers" else None
 
 
 def _landing_url(tenant: Tenant, attribution: Attribution) -> str | None:
