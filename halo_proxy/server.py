@@ -518,15 +518,9 @@ async def release_dead_worker(pid: int) -> None:
         conn = await asyncpg.connect(dsn, timeout=5,
                                      statement_cache_size=database_settings().statement_cache_size)
         try:
-            now = datetime.now(UTC)
-            released = await outbox.release_process(conn, host, pid, now)
-            try:  # the ledger is a record, not a gate: the rows are released either way
-                await outbox.record_attempts(conn, [outbox.Attempt(
-                    r.id, r.tenant_id, r.platform, r.attempts, now, "released", "worker_died",
-                    "the worker died during its send" if r.in_doubt else "the worker died before sending it",
-                    worker=f"{host}:{pid}") for r in released])
-            except Exception as err:  # noqa: BLE001
-                log.warning("delivery ledger not written for worker %d (%s)", pid, type(err).__name__)
+            released = await outbox.release_process(conn, host, pid, datetime.now(UTC), ledger=outbox.Release(
+                "worker_died", cut="the worker died during its send", clean="the worker died before sending it",
+                worker=f"{host}:{pid}"))
         finally:
             await conn.close()
     except Exception as err:  # noqa: BLE001 - the leases then run out on their own

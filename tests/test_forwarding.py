@@ -256,18 +256,35 @@ async def test_a_platform_with_no_one_to_match_is_skipped_when_stored_not_dead_l
     # A visit with marketing consent and no ad click, then a lead with neither email nor phone: Meta and TikTok
     # match on the session's IP and user agent, GA4 on its client id; Google Ads has no click, email or phone.
     cookie = await land(http, base_of(site), "utm_source=newsletter&utm_medium=email")
-    status, body = await lead(http, base_of(site), {"session_id": cookie, "name": "Jana"}, clock.now)
+    payload = {"session_id": cookie, "name": "Jana", "event_id": "nobody-1"}
+    status, body = await lead(http, base_of(site), payload, clock.now)
     assert status == 201 and body["match_type"] == "session"
+    assert (await lead(http, base_of(site), payload, clock.now))[0] == 200  # a repeat stores and counts nothing
     rows = {r.platform: r for r in await outbox.list_forwards(clean, None, "shop", 10)}
     assert (rows["google_ads"].status, rows["google_ads"].reason, rows["google_ads"].payload_enc) == \
         ("skipped", "no_identifiers", None)
-    assert {p: r.status for p, r in rows.items() if p != "google_ads"} == {"meta": "pending", "ga4": "pending",
-                                                                         "tiktok": "pending"}
+    assert {p: r.status in ("pending", "sent") for p, r in rows.items() if p != "google_ads"} == \
+        {"meta": True, "ga4": True, "tiktok": True}
     await wait_rows(clean, "sent", 3)
     assert fakes["google_ads"].exchanges == []
     assert await outbox.count_by_status(clean) == {"sent": 3, "skipped": 1}  # no dead letter asks for attention
     skips = site.app[METRICS].forward_skips.labels(tenant="shop", platform="google_ads", reason="no_identifiers")
     assert skips._value.get() == 1  # noqa: SLF001
+
+
+async def test_meta_takes_any_one_customer_parameter_so_a_name_and_a_city_are_sent(site, http, fakes, clean, clock):
+    # A session id that names no stored visit, no email or phone, the form's own consent box: Meta matches on
+    # the hashed name and city; TikTok and Google Ads have nothing to match on; GA4 needs nothing.
+    status, body = await lead(http, base_of(site), {"session_id": str(uuid.uuid4()), "first_name": "Jana",
+                                                    "last_name": "Nováková", "city": "Brno",
+                                                    "consent_marketing": True}, clock.now)
+    assert status == 201 and body["match_type"] == "none"
+    rows = {r.platform: "to send" if r.status in ("pending", "sent") else r.status
+            for r in await outbox.list_forwards(clean, None, "shop", 10)}
+    assert rows == {"meta": "to send", "ga4": "to send", "google_ads": "skipped", "tiktok": "skipped"}
+    assert {r.reason for r in await outbox.list_forwards(clean, "skipped", "shop", 10)} == {"no_identifiers"}
+    [event] = (await fakes["meta"].wait_for_events(1))
+    assert set(event["user_data"]) >= {"fn", "ln", "ct"} and not {"em", "ph"} & set(event["user_data"])
 
 
 async def test_429_waits_at_least_retry_after_then_sends(site, http, fakes, clean, clock):

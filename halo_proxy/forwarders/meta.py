@@ -109,9 +109,6 @@ def event_payload(event: ForwardEvent) -> dict[str, Any]:
     return payload
 
 
-_MATCH_KEYS = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "client_user_agent")
-
-
 def deduplicates(event: ForwardEvent) -> bool:
     """Meta drops a second event with the same `event_id` and `event_name` (within 48 hours of the first)."""
     return True
@@ -124,7 +121,7 @@ def check(event: ForwardEvent, now: datetime) -> SendResult | None:
         return old
     if event.kind == "order" and (event.value is None or not event.currency):
         return SendResult("permanent", "invalid", detail="a Purchase needs a value and a currency")
-    if not any(key in user_data(event) for key in _MATCH_KEYS):
+    if not user_data(event):  # any one customer information parameter will do (a name, a city, an IP...)
         return SendResult("permanent", "no_identifiers", detail="no customer information to match on")
     return None
 

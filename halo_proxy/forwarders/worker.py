@@ -156,7 +156,9 @@ class DeliveryWorker:
             task.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
         try:
-            released = await outbox.release(self.pool, self.worker_id, self.clock())
+            released = await outbox.release(self.pool, self.worker_id, self.clock(), ledger=outbox.Release(
+                "stopping", cut="the process stopped during its send", clean="the process stopped before sending it",
+                worker=self.worker_id))
         except (StorageError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             log.error("could not release the outbox rows of %s (%s): they wait for their lease to run out",
                       self.worker_id, type(err).__name__)
@@ -167,10 +169,6 @@ class DeliveryWorker:
                 self.metrics.released.labels(platform=row.platform).inc()
             log.warning("stopped with %d forward(s) unsent (%d cut off mid-send), released for another worker: %s",
                         len(released), len(cut), ", ".join(f"{r.platform}#{r.id}" for r in released[:20]))
-            await self._record([outbox.Attempt(
-                r.id, r.tenant_id, r.platform, r.attempts, self.clock(), "released", "stopping",
-                "the process stopped during its send" if r.in_doubt else "the process stopped before sending it",
-                worker=self.worker_id) for r in released])
         return len(cut)
 
     async def _lane(self, platform: str) -> None:

@@ -148,6 +148,10 @@ class Conversions:
         record, created = await self.commits.insert(write, forwards, links)
         if created:
             self.metrics.conversions.labels(tenant=tenant.id, kind=conversion.kind, match_type=match_type).inc()
+            for forward in forwards:  # counted once stored: a repeated key or a failed insert skips nothing
+                if forward.status == "skipped":
+                    self.metrics.forward_skips.labels(tenant=tenant.id, platform=forward.platform,
+                                                      reason=forward.reason).inc()
             if forwards and self.on_created is not None:
                 self.on_created()
         return Recorded(self._answer(record), created=created)
@@ -223,7 +227,6 @@ class Conversions:
             if skip:
                 rows.append(ForwardWrite(platform=platform, event_id=event_id, payload_enc=None, status="skipped",
                                          reason=skip))
-                self.metrics.forward_skips.labels(tenant=tenant.id, platform=platform, reason=skip).inc()
             else:
                 assert event is not None
                 payload = self.keys.encrypt(tenant.id, "forwards", "payload_enc", event.to_json().decode())
@@ -289,8 +292,9 @@ def consent_gate(c: ConversionInput, session: SessionRecord | None, gpc: bool) -
 
 
 def unmatchable(platform: str, event: ForwardEvent, now: datetime) -> str | None:
-    """``no_identifiers`` when `platform` would refuse the event for want of anyone to match it to, else None.
-    Other refusals (too old, a purchase without a value) stay the delivery worker's, as dead letters."""
+    """``no_identifiers`` when `platform`'s request would carry no customer information at all (each module's
+    `check` says so only then), else None. Other refusals (too old, a purchase without a value) stay the delivery
+    worker's, as dead letters."""
     refused = FORWARDERS[platform].check(event, now)
     return "no_identifiers" if refused is not None and refused.reason == "no_identifiers" else None
 

@@ -9,7 +9,7 @@ rows still pending and leased by the calling worker, so a worker whose lease was
 the newer claim.
 
 Statuses: ``pending`` (to send, possibly later), ``sent``, ``dead`` (permanent failure or too many attempts:
-the dead letters, requeued by `requeue`), ``skipped`` (consent gate; never sent), ``cancelled`` (erasure).
+the dead letters, requeued by `requeue`), ``skipped`` (the consent gate, or no one to match on; never sent), ``cancelled`` (erasure).
 
 Plain functions taking a pool (or a connection, to join its transaction) and returning plain dataclasses.
 Times are passed in by the caller.
@@ -69,7 +69,8 @@ _FINISHED = ["sent", "dead", "skipped", "cancelled"]
 class ForwardWrite:
     """One forward to write with its conversion (see `conversions.insert_conversion`).
 
-    `status` is ``pending`` (the default) or ``skipped`` when the consent gate already refused it, with
+    `status` is ``pending`` (the default) or ``skipped`` when it is known never to be sent (the consent gate, or
+    no customer information the platform could match on), with
     `reason`. `next_attempt_at` defaults to the conversion's `created_at` (due at once).
     """
 
@@ -210,16 +211,40 @@ async def begin_send(db: Executor, ids: Sequence[int], worker_id: str, until: da
     return {r["id"] for r in rows}
 
 
-async def release_process(db: Executor, host: str, pid: int, now: datetime) -> list[ForwardRow]:
-    """`release` for every worker of a process that died (ids `<host>:<pid>:...`, see the delivery worker)."""
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The ledger entry a release writes in the same statement, for each row it gives back: outcome `released`
+    with `reason`, and `cut` or `clean` as the detail (a send under way, or not begun)."""
+
+    reason: str
+    cut: str
+    clean: str
+    worker: str | None = None
+
+
+async def _release(db: Executor, where: str, who: str, now: datetime, ledger: Release | None) -> list[ForwardRow]:
+    update = f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
+                 WHERE status = 'pending' AND {where} RETURNING {_COLUMNS}"""
     with translate_errors():
-        rows = await db.fetch(
-            f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
-                WHERE status = 'pending' AND starts_with(locked_by, $1) RETURNING {_COLUMNS}""",
-            f"{host}:{pid}:",
-            now,
-        )
+        if ledger is None:
+            rows = await db.fetch(update, who, now)
+        else:  # one statement: the ledger row commits with the release, before anyone can claim the row again
+            rows = await db.fetch(
+                f"""WITH done AS ({update}),
+                    ledger AS (INSERT INTO forward_attempts ({_ATTEMPT_COLUMNS})
+                               SELECT id, tenant_id, platform, attempts, $2, 'released', $3::text,
+                                      CASE WHEN send_started_at IS NULL THEN $5::text ELSE $4::text END,
+                                      NULL, NULL, $6::text
+                               FROM done)
+                    SELECT * FROM done""",
+                who, now, ledger.reason, ledger.cut, ledger.clean, ledger.worker)
     return [_row(r) for r in rows]
+
+
+async def release_process(db: Executor, host: str, pid: int, now: datetime, *,
+                          ledger: Release | None = None) -> list[ForwardRow]:
+    """`release` for every worker of a process that died (ids `<host>:<pid>:...`, see the delivery worker)."""
+    return await _release(db, "starts_with(locked_by, $1)", f"{host}:{pid}:", now, ledger)
 
 
 async def renew_leases(db: Executor, worker_id: str, until: datetime, ids: Sequence[int]) -> int:
@@ -235,17 +260,11 @@ async def renew_leases(db: Executor, worker_id: str, until: datetime, ids: Seque
     return _count(status)
 
 
-async def release(db: Executor, worker_id: str, now: datetime) -> list[ForwardRow]:
+async def release(db: Executor, worker_id: str, now: datetime, *, ledger: Release | None = None) -> list[ForwardRow]:
     """Give up every pending row `worker_id` holds (a stop that cannot wait, a worker that died): due at once
-    for any other worker. Returns the rows released."""
-    with translate_errors():
-        rows = await db.fetch(
-            f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
-                WHERE status = 'pending' AND locked_by = $1 RETURNING {_COLUMNS}""",
-            worker_id,
-            now,
-        )
-    return [_row(r) for r in rows]
+    for any other worker. With a `ledger`, each row released gets its ledger entry in the same statement.
+    Returns the rows released."""
+    return await _release(db, "locked_by = $1", worker_id, now, ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +380,7 @@ async def mark_skipped(
     *,
     now: datetime | None = None,
 ) -> int:
-    """Not to be sent (the consent gate refused it): skipped with the reason."""
+    """Not to be sent (the consent gate refused it, say): skipped with the reason."""
     return await _finish(db, ids, worker_id, "skipped", reason, None, now)
 
 

@@ -100,6 +100,11 @@ def test_pre_hashed_values_pass_through(make_event):
     assert meta.user_data(make_event(email=digest))["em"] == [digest.lower()]
 
 
+NOTHING_TO_MATCH = {"email": None, "phone": None, "external_id": None, "fbc": None, "fbclid": None, "fbp": None,
+                    "client_ip": None, "user_agent": None, "first_name": None, "last_name": None, "city": None,
+                    "region": None, "postal_code": None, "country": None}
+
+
 @pytest.mark.parametrize(
     "overrides, reason",
     [
@@ -109,8 +114,12 @@ def test_pre_hashed_values_pass_through(make_event):
         ({"kind": "order", "value": None}, "invalid"),
         ({"kind": "order", "currency": None}, "invalid"),
         ({"kind": "lead", "value": None, "currency": None}, None),
-        ({"email": None, "phone": None, "external_id": None, "fbc": None, "fbclid": None, "fbp": None,
-          "client_ip": None, "user_agent": None}, "no_identifiers"),
+        ({**NOTHING_TO_MATCH}, "no_identifiers"),
+        # any one customer information parameter is enough for Meta: a name, a city, a country
+        ({**NOTHING_TO_MATCH, "first_name": "Jana"}, None),
+        ({**NOTHING_TO_MATCH, "city": "Brno"}, None),
+        ({**NOTHING_TO_MATCH, "country": "CZ"}, None),
+        ({**NOTHING_TO_MATCH, "client_ip": "203.0.113.9"}, None),
     ],
 )
 def test_check(make_event, now, overrides, reason):

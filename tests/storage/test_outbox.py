@@ -339,6 +339,32 @@ async def test_an_outcome_writes_its_ledger_entry_only_for_the_rows_it_changed(d
     assert row is not None and not row.in_doubt and row.status == "sent"
 
 
+async def test_a_release_writes_its_ledger_in_the_same_statement_saying_whether_a_send_was_cut(
+        db_pool: asyncpg.Pool) -> None:
+    ids = await forward_ids(db_pool, await add(db_pool, 3))
+    await outbox.claim(db_pool, "host:7:a", 2, LEASE_S, T0)
+    [other] = await outbox.claim(db_pool, "host:8:b", 1, LEASE_S, T0)
+    mine = sorted(i for i in ids if i != other.id)
+    assert await outbox.begin_send(db_pool, mine[:1], "host:7:a", at(20), T0) == {mine[0]}
+    ledger = outbox.Release("worker_died", cut="died mid-send", clean="died before", worker="host:7")
+    released = await outbox.release_process(db_pool, "host", 7, at(1), ledger=ledger)
+    assert sorted(r.id for r in released) == mine and all(r.locked_by is None for r in released)
+    entries = {a.forward_id: a for a in await outbox.attempts_for(db_pool, ids)}
+    assert set(entries) == set(mine)  # the other process's row is neither released nor in the ledger
+    assert [(entries[i].outcome, entries[i].reason, entries[i].detail, entries[i].worker, entries[i].attempt,
+             entries[i].at) for i in mine] == [("released", "worker_died", "died mid-send", "host:7", 1, at(1)),
+                                              ("released", "worker_died", "died before", "host:7", 1, at(1))]
+    # Taken again at once, the next attempt's entry comes after the release's: the ledger reads in order.
+    again = await outbox.claim(db_pool, "host:9:c", 10, LEASE_S, at(2))
+    assert {r.id for r in again} == set(mine) and all(r.in_doubt == (r.id == mine[0]) for r in again)
+    await outbox.mark_sent(db_pool, mine, "host:9:c", at(3), ledger=outbox.Ledger(at=at(3), outcome="sent"))
+    for i in mine:
+        assert [a.outcome for a in await outbox.attempts_for(db_pool, [i])] == ["released", "sent"]
+    # A worker's own release, without a ledger, writes none; and nothing held releases nothing.
+    assert await outbox.release(db_pool, "host:8:b", at(4)) and len(await outbox.attempts_for(db_pool, ids)) == 4
+    assert await outbox.release(db_pool, "host:8:b", at(5), ledger=ledger) == []
+
+
 async def test_the_heartbeat_renews_only_the_rows_it_names(db_pool: asyncpg.Pool) -> None:
     ids = await forward_ids(db_pool, await add(db_pool, 2))
     await outbox.claim(db_pool, "w", 10, LEASE_S, T0)
