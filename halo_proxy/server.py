@@ -22,6 +22,10 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: prometheus_client must not be imported before the workers fork
+    from .storage.outbox import ForwardRow
 
 log = logging.getLogger(__name__)
 
@@ -439,6 +443,16 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
         body = await asyncio.to_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    from prometheus_client import Counter
+
+    from .forwarders.worker import RELEASED_HELP
+
+    # The supervisor's own samples, in the same multiprocess directory as the workers' (registry=None: they are
+    # read from there, like every worker's).
+    restarts = Counter("halo_worker_restarts_total", "Workers that died and were started again by the supervisor.",
+                       registry=None)
+    released_after_death = Counter("halo_forwards_released_total", RELEASED_HELP, ["platform"], registry=None)
+
     runner = None
     if metrics_port:
         app = web.Application()
@@ -475,7 +489,9 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 log.error("worker %d exited with %s; starting a new one", pid, proc.exitcode)
                 del procs[pid]
                 prom_mp.mark_process_dead(pid)
-                await release_dead_worker(pid)
+                restarts.inc()
+                for row in await release_dead_worker(pid):
+                    released_after_death.labels(platform=row.platform).inc()
                 await asyncio.to_thread(start_one, proc.slot)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
@@ -492,27 +508,30 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
             log.error("worker %d did not stop within %.0f s; killed", pid, limit)
             proc.kill()
             await asyncio.to_thread(proc.join, 5)
-            await release_dead_worker(pid)
+            for row in await release_dead_worker(pid):
+                released_after_death.labels(platform=row.platform).inc()
             code = EXIT_ABANDONED
         elif proc.exitcode:
             log.warning("worker %d stopped with exit code %s", pid, proc.exitcode)
-            if proc.exitcode != EXIT_ABANDONED:
-                await release_dead_worker(pid)  # it crashed while stopping
+            if proc.exitcode != EXIT_ABANDONED:  # it crashed while stopping
+                for row in await release_dead_worker(pid):
+                    released_after_death.labels(platform=row.platform).inc()
             code = max(code, EXIT_ABANDONED if proc.exitcode == EXIT_ABANDONED else 1)
     if runner is not None:
         await runner.cleanup()
     return code
 
 
-async def release_dead_worker(pid: int) -> None:
-    """A worker died: give its leased forwards back at once rather than when their lease runs out."""
+async def release_dead_worker(pid: int) -> list[ForwardRow]:
+    """A worker died: give its leased forwards back at once rather than when their lease runs out. Returns the
+    rows released (none when the database could not be reached: their leases then run out on their own)."""
     import asyncpg
 
     from .storage import outbox
 
     dsn = os.environ.get("HALO_DATABASE_URL")
     if not dsn:
-        return
+        return []
     host = socket.gethostname()
     try:
         conn = await asyncpg.connect(dsn, timeout=5,
@@ -525,7 +544,8 @@ async def release_dead_worker(pid: int) -> None:
             await conn.close()
     except Exception as err:  # noqa: BLE001 - the leases then run out on their own
         log.warning("could not release the forwards of worker %d (%s)", pid, type(err).__name__)
-        return
+        return []
     if released:
         cut = sum(1 for r in released if r.in_doubt)
         log.warning("released %d forward(s) leased by worker %d (%d cut off mid-send)", len(released), pid, cut)
+    return released

@@ -9,6 +9,7 @@ outbox without sending anything twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -577,6 +578,16 @@ async def test_a_supervisor_gives_a_killed_worker_s_rows_back_at_once(tmp_path, 
         assert [(a.outcome, a.reason, a.detail) for a in ledger] == [
             ("released", "worker_died", "the worker died during its send"), ("sent", "ok", "1 events received")]
         assert ledger[0].attempt == 1 and ledger[0].worker == ":".join(holder.split(":")[:2])
+        # Ops see it: the supervisor counts the restart and the row it gave back, beside the workers' samples.
+        async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics") as resp:
+            scraped = await resp.text()
+        assert "halo_worker_restarts_total 1.0" in scraped.splitlines()
+        died = collections.Counter(r["platform"] for r in await clean.fetch(
+            "SELECT platform FROM forward_attempts WHERE reason = 'worker_died'"))
+        assert died["meta"] == 1
+        for platform in ("meta", "ga4", "google_ads", "tiktok"):  # what the ledger says, each platform present
+            assert f'halo_forwards_released_total{{platform="{platform}"}} {float(died[platform])}' in \
+                scraped.splitlines()
     finally:
         fakes["meta"]._release.set()  # noqa: SLF001
         await proxy.stop()

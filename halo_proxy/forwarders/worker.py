@@ -51,6 +51,8 @@ LEASE_MARGIN_S = 5.0  # a lease outlasts the send timeout by this much
 # Failures after which the request may have reached the platform (no connection made is `connect`; an HTTP
 # answer is a verdict): an event the platform does not deduplicate is then not sent again.
 MAY_HAVE_ARRIVED = frozenset({"timeout", "network"})
+# Shared with the supervisor, which counts the rows of a worker that died under the same name.
+RELEASED_HELP = "Leased events given back unsent (a stop that could not wait, a worker that died)."
 
 
 class DeliveryMetrics:
@@ -74,9 +76,7 @@ class DeliveryMetrics:
                                       registry=r)
         self.paused = Counter("halo_forward_pauses_total", "Times a platform asked a tenant's lane to wait.",
                               ["platform"], registry=r)
-        self.released = Counter("halo_forwards_released_total",
-                                "Leased events given back unsent (a stop that could not wait).", ["platform"],
-                                registry=r)
+        self.released = Counter("halo_forwards_released_total", RELEASED_HELP, ["platform"], registry=r)
         self.unconfirmed = Counter("halo_forwards_unconfirmed_total",
                                    "Events that may have arrived and are not sent again (no dedup key).",
                                    ["platform"], registry=r)
