@@ -213,7 +213,7 @@ def test_the_dashboard_covers_what_ops_watch():
         "halo_forward_attempts_total", "halo_forwards_dead_total", "halo_outbox_depth",
         "halo_outbox_oldest_pending_seconds", "halo_storage_errors_total", "halo_storage_lost_writes_total",
         "halo_config_reloads_total", "halo_ready", "halo_conversion_batch_size_bucket",
-        "halo_conversions_stored_alone_total",
+        "halo_conversions_stored_alone_total", "halo_worker_restarts_total", "halo_forwards_released_total",
     }
     assert wanted - used == set()
     names = {v["name"] for v in dashboard["templating"]["list"]}
