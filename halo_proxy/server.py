@@ -449,7 +449,8 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
 
     # The supervisor's own samples, in the same multiprocess directory as the workers' (registry=None: they are
     # read from there, like every worker's).
-    restarts = Counter("halo_worker_restarts_total", "Workers that died and were started again by the supervisor.",
+    restarts = Counter("halo_worker_restarts_total",
+                       "Workers that died while serving; the supervisor starts a new one in each one's place.",
                        registry=None)
     released_after_death = Counter("halo_forwards_released_total", RELEASED_HELP, ["platform"], registry=None)
 
@@ -492,7 +493,8 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 restarts.inc()
                 for row in await release_dead_worker(pid):
                     released_after_death.labels(platform=row.platform).inc()
-                await asyncio.to_thread(start_one, proc.slot)
+                if await asyncio.to_thread(start_one, proc.slot) is None:
+                    log.error("the worker in place of %d did not start; serving with %d worker(s)", pid, len(procs))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)

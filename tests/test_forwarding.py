@@ -273,7 +273,7 @@ async def test_a_platform_with_no_one_to_match_is_skipped_when_stored_not_dead_l
     assert skips._value.get() == 1  # noqa: SLF001
 
 
-async def test_meta_takes_any_one_customer_parameter_so_a_name_and_a_city_are_sent(site, http, fakes, clean, clock):
+async def test_meta_matches_on_a_name_and_a_city_where_the_others_have_no_one(site, http, fakes, clean, clock):
     # A session id that names no stored visit, no email or phone, the form's own consent box: Meta matches on
     # the hashed name and city; TikTok and Google Ads have nothing to match on; GA4 needs nothing.
     status, body = await lead(http, base_of(site), {"session_id": str(uuid.uuid4()), "first_name": "Jana",

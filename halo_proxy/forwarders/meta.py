@@ -109,6 +109,17 @@ def event_payload(event: ForwardEvent) -> dict[str, Any]:
     return payload
 
 
+# Meta's baseline for matching (Graph API v13.0 on): customer information made only of one of these sets, or of
+# part of one, is refused; any other parameter beside them (an email, a phone, the session's external_id, an IP,
+# fbc, fbp, a first and a last name together...) makes the event valid.
+_TOO_WEAK = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+
+
 def deduplicates(event: ForwardEvent) -> bool:
     """Meta drops a second event with the same `event_id` and `event_name` (within 48 hours of the first)."""
     return True
@@ -121,7 +132,8 @@ def check(event: ForwardEvent, now: datetime) -> SendResult | None:
         return old
     if event.kind == "order" and (event.value is None or not event.currency):
         return SendResult("permanent", "invalid", detail="a Purchase needs a value and a currency")
-    if not user_data(event):  # any one customer information parameter will do (a name, a city, an IP...)
+    keys = set(user_data(event))
+    if not keys or any(keys <= weak for weak in _TOO_WEAK):
         return SendResult("permanent", "no_identifiers", detail="no customer information to match on")
     return None
 

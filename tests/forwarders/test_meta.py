@@ -115,11 +115,20 @@ NOTHING_TO_MATCH = {"email": None, "phone": None, "external_id": None, "fbc": No
         ({"kind": "order", "currency": None}, "invalid"),
         ({"kind": "lead", "value": None, "currency": None}, None),
         ({**NOTHING_TO_MATCH}, "no_identifiers"),
-        # any one customer information parameter is enough for Meta: a name, a city, a country
-        ({**NOTHING_TO_MATCH, "first_name": "Jana"}, None),
-        ({**NOTHING_TO_MATCH, "city": "Brno"}, None),
-        ({**NOTHING_TO_MATCH, "country": "CZ"}, None),
+        # Meta's baseline: a place and a user agent alone, or a first or a last name alone, match no one ...
+        ({**NOTHING_TO_MATCH, "first_name": "Jana"}, "no_identifiers"),
+        ({**NOTHING_TO_MATCH, "last_name": "Nováková"}, "no_identifiers"),
+        ({**NOTHING_TO_MATCH, "city": "Brno"}, "no_identifiers"),
+        ({**NOTHING_TO_MATCH, "city": "Brno", "region": "JM", "postal_code": "602 00", "country": "CZ",
+          "user_agent": "Mozilla/5.0"}, "no_identifiers"),
+        ({**NOTHING_TO_MATCH, "user_agent": "Mozilla/5.0"}, "no_identifiers"),
+        # ... any other parameter beside them does: both names, an IP, the session, an email, fbp
+        ({**NOTHING_TO_MATCH, "first_name": "Jana", "last_name": "Nováková"}, None),
+        ({**NOTHING_TO_MATCH, "first_name": "Jana", "city": "Brno"}, None),
         ({**NOTHING_TO_MATCH, "client_ip": "203.0.113.9"}, None),
+        ({**NOTHING_TO_MATCH, "city": "Brno", "country": "CZ", "external_id": "s-1"}, None),
+        ({**NOTHING_TO_MATCH, "user_agent": "Mozilla/5.0", "fbp": "fb.1.1596403881668.1116446470"}, None),
+        ({**NOTHING_TO_MATCH, "country": "CZ", "email": "jana@example.cz"}, None),
     ],
 )
 def test_check(make_event, now, overrides, reason):
