@@ -17,6 +17,7 @@ Times are passed in by the caller.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,9 @@ from uuid import UUID
 import asyncpg
 
 from .db import translate_errors
+from .errors import StorageError, StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
@@ -225,10 +229,12 @@ class Release:
 async def _release(db: Executor, where: str, who: str, now: datetime, ledger: Release | None) -> list[ForwardRow]:
     update = f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
                  WHERE status = 'pending' AND {where} RETURNING {_COLUMNS}"""
-    with translate_errors():
-        if ledger is None:
+    if ledger is None:
+        with translate_errors():
             rows = await db.fetch(update, who, now)
-        else:  # one statement: the ledger row commits with the release, before anyone can claim the row again
+        return [_row(r) for r in rows]
+    try:
+        with translate_errors():  # one statement: the ledger commits with the release, before any new claim
             rows = await db.fetch(
                 f"""WITH done AS ({update}),
                     ledger AS (INSERT INTO forward_attempts ({_ATTEMPT_COLUMNS})
@@ -238,6 +244,12 @@ async def _release(db: Executor, where: str, who: str, now: datetime, ledger: Re
                                FROM done)
                     SELECT * FROM done""",
                 who, now, ledger.reason, ledger.cut, ledger.clean, ledger.worker)
+    except StorageUnavailable:
+        raise
+    except StorageError as err:  # the ledger is a record, not a gate: the rows are released without it
+        log.error("the ledger entries of a release were refused (%s); releasing without them", err)
+        with translate_errors():
+            rows = await db.fetch(update, who, now)
     return [_row(r) for r in rows]
 
 

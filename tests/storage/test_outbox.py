@@ -365,6 +365,26 @@ async def test_a_release_writes_its_ledger_in_the_same_statement_saying_whether_
     assert await outbox.release(db_pool, "host:8:b", at(5), ledger=ledger) == []
 
 
+async def test_a_release_whose_ledger_is_refused_still_releases(db_pool: asyncpg.Pool) -> None:
+    ids = await forward_ids(db_pool, await add(db_pool, 2))
+    await outbox.claim(db_pool, "host:7:a", 10, LEASE_S, T0)
+    # The ledger refuses every row (as a full disk or a broken constraint would): the release must not wait for it.
+    await db_pool.execute("""
+        CREATE FUNCTION refuse_ledger() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'ledger refused'; END $$;
+        CREATE TRIGGER refuse_ledger BEFORE INSERT ON forward_attempts FOR EACH ROW EXECUTE FUNCTION refuse_ledger();
+    """)
+    try:
+        released = await outbox.release_process(db_pool, "host", 7, at(1), ledger=outbox.Release(
+            "worker_died", cut="mid-send", clean="before"))
+    finally:
+        await db_pool.execute("DROP TRIGGER refuse_ledger ON forward_attempts; DROP FUNCTION refuse_ledger();")
+    assert sorted(r.id for r in released) == sorted(ids)
+    assert all(r.locked_by is None for r in await outbox.list_forwards(db_pool, "pending", "acme"))
+    assert await outbox.attempts_for(db_pool, ids) == []
+    assert {r.id for r in await outbox.claim(db_pool, "host:8:b", 10, LEASE_S, at(2))} == set(ids)  # due at once
+
+
 async def test_the_heartbeat_renews_only_the_rows_it_names(db_pool: asyncpg.Pool) -> None:
     ids = await forward_ids(db_pool, await add(db_pool, 2))
     await outbox.claim(db_pool, "w", 10, LEASE_S, T0)
