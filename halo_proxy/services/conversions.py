@@ -293,8 +293,8 @@ def consent_gate(c: ConversionInput, session: SessionRecord | None, gpc: bool) -
 
 def unmatchable(platform: str, event: ForwardEvent, now: datetime) -> str | None:
     """``no_identifiers`` when `platform` could match the event to no one (each module's `check` says so: no
-    customer information, or for Meta none beyond its matching baseline), else None. Other refusals (too old, a purchase without a value) stay the delivery
-    worker's, as dead letters."""
+    customer information, or for Meta none beyond its matching baseline), else None. Other refusals (too old, a
+    purchase without a value) stay the delivery worker's, as dead letters."""
     refused = FORWARDERS[platform].check(event, now)
     return "no_identifiers" if refused is not None and refused.reason == "no_identifiers" else None
 

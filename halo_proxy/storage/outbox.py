@@ -9,7 +9,8 @@ rows still pending and leased by the calling worker, so a worker whose lease was
 the newer claim.
 
 Statuses: ``pending`` (to send, possibly later), ``sent``, ``dead`` (permanent failure or too many attempts:
-the dead letters, requeued by `requeue`), ``skipped`` (the consent gate, or no one to match on; never sent), ``cancelled`` (erasure).
+the dead letters, requeued by `requeue`), ``skipped`` (the consent gate, or no one to match on; never sent),
+``cancelled`` (erasure).
 
 Plain functions taking a pool (or a connection, to join its transaction) and returning plain dataclasses.
 Times are passed in by the caller.
@@ -74,8 +75,8 @@ class ForwardWrite:
     """One forward to write with its conversion (see `conversions.insert_conversion`).
 
     `status` is ``pending`` (the default) or ``skipped`` when it is known never to be sent (the consent gate, or
-    no customer information the platform could match on), with
-    `reason`. `next_attempt_at` defaults to the conversion's `created_at` (due at once).
+    no customer information the platform could match on), with `reason`. `next_attempt_at` defaults to the
+    conversion's `created_at` (due at once).
     """
 
     platform: str
@@ -226,7 +227,8 @@ class Release:
     worker: str | None = None
 
 
-async def _release(db: Executor, where: str, who: str, now: datetime, ledger: Release | None) -> list[ForwardRow]:
+async def _release(db: Executor, where: str, who: str, now: datetime,
+                   ledger: Release | None) -> list[ForwardRow]:
     update = f"""UPDATE forwards SET locked_until = NULL, locked_by = NULL, updated_at = $2
                  WHERE status = 'pending' AND {where} RETURNING {_COLUMNS}"""
     if ledger is None:
@@ -272,7 +274,8 @@ async def renew_leases(db: Executor, worker_id: str, until: datetime, ids: Seque
     return _count(status)
 
 
-async def release(db: Executor, worker_id: str, now: datetime, *, ledger: Release | None = None) -> list[ForwardRow]:
+async def release(db: Executor, worker_id: str, now: datetime, *,
+                  ledger: Release | None = None) -> list[ForwardRow]:
     """Give up every pending row `worker_id` holds (a stop that cannot wait, a worker that died): due at once
     for any other worker. With a `ledger`, each row released gets its ledger entry in the same statement.
     Returns the rows released."""
