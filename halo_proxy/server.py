@@ -454,6 +454,10 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                        registry=None)
     released_after_death = Counter("halo_forwards_released_total", RELEASED_HELP, ["platform"], registry=None)
 
+    async def release(pid: int) -> None:
+        for row in await release_dead_worker(pid):
+            released_after_death.labels(platform=row.platform).inc()
+
     runner = None
     if metrics_port:
         app = web.Application()
@@ -491,8 +495,7 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
                 del procs[pid]
                 prom_mp.mark_process_dead(pid)
                 restarts.inc()
-                for row in await release_dead_worker(pid):
-                    released_after_death.labels(platform=row.platform).inc()
+                await release(pid)
                 if await asyncio.to_thread(start_one, proc.slot) is None:
                     log.error("the worker in place of %d did not start; serving with %d worker(s)", pid, len(procs))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -510,14 +513,12 @@ async def _supervisor_loop(procs: dict, start_one, host: str, metrics_port: int,
             log.error("worker %d did not stop within %.0f s; killed", pid, limit)
             proc.kill()
             await asyncio.to_thread(proc.join, 5)
-            for row in await release_dead_worker(pid):
-                released_after_death.labels(platform=row.platform).inc()
+            await release(pid)
             code = EXIT_ABANDONED
         elif proc.exitcode:
             log.warning("worker %d stopped with exit code %s", pid, proc.exitcode)
             if proc.exitcode != EXIT_ABANDONED:  # it crashed while stopping
-                for row in await release_dead_worker(pid):
-                    released_after_death.labels(platform=row.platform).inc()
+                await release(pid)
             code = max(code, EXIT_ABANDONED if proc.exitcode == EXIT_ABANDONED else 1)
     if runner is not None:
         await runner.cleanup()
